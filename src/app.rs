@@ -1,0 +1,34 @@
+//! The shared state every route and session sees: configuration, the log, the fan-out hub,
+//! the publisher, the authenticator and the shutdown signal.
+
+use std::{ops::Deref, sync::Arc};
+
+use tokio::sync::watch;
+
+use crate::{auth::Authenticator, config::Config, fanout::Hub, log::EventLog, publish::Publisher};
+
+pub struct App {
+    pub config: Config,
+    pub log: Arc<dyn EventLog>,
+    pub hub: Arc<Hub>,
+    pub publisher: Publisher,
+    pub auth: Authenticator,
+    /// Turns `true` once shutdown begins; sessions close with 1001 when they see it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl AppState {
+    pub fn new(app: App) -> Self {
+        Self(Arc::new(app))
+    }
+}
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}

@@ -1,0 +1,411 @@
+//! The one typed configuration: defaults, the TOML file, environment overrides, validation.
+//!
+//! Every key of the public contract lives here with its default. A bad value fails at start
+//! with a message naming the key and what it accepts; nothing downstream re-validates.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::event::ChannelPattern;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds; port 0 picks a free port.
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub retention: RetentionConfig,
+    pub storage: StorageConfig,
+    pub delivery: DeliveryConfig,
+    pub high_frequency: Vec<HighFrequencyRule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8000".into(),
+            data_dir: PathBuf::from("./data"),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            retention: RetentionConfig::default(),
+            storage: StorageConfig::default(),
+            delivery: DeliveryConfig::default(),
+            high_frequency: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Demo mode: every request is allowed. Logged loudly at start.
+    None,
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub hs256_secret: String,
+    pub rs256_public_key_pem: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            hs256_secret: String::new(),
+            rs256_public_key_pem: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    /// Client->server WebSocket messages per second, token bucket per connection.
+    pub messages_per_second: u32,
+    pub burst: u32,
+    /// Largest client->server WebSocket message accepted.
+    pub max_message_bytes: usize,
+    pub max_subscriptions_per_connection: usize,
+    /// Largest HTTP request body accepted (publish batches, dataset requests).
+    pub max_http_body_bytes: usize,
+    /// Most events one publish request may carry.
+    pub max_batch_events: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_user: 10,
+            messages_per_second: 100,
+            burst: 100,
+            max_message_bytes: 65_536,
+            max_subscriptions_per_connection: 100,
+            max_http_body_bytes: 16 << 20,
+            max_batch_events: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 25,
+            timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// 0 = unlimited; otherwise keep the newest N events of each channel.
+    pub max_events_per_channel: u64,
+    /// 0 = unlimited.
+    pub max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// sled page cache. sled's own default (1 GiB) is too large for small machines.
+    pub cache_capacity_mb: u64,
+    /// How many events one group commit may hold at most (one fsync for all of them).
+    pub max_group_events: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity_mb: 256,
+            max_group_events: 16_384,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Per-connection outbound queue, in append groups. When it is full the connection
+    /// stops taking live events and catches up from the log instead.
+    pub queue_capacity: usize,
+    /// Events read from the log per step of a resume or catch-up.
+    pub catch_up_page: usize,
+    /// A socket write that makes no progress for this long closes the connection with 4000.
+    pub write_timeout_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            catch_up_page: 512,
+            write_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HighFrequencyRule {
+    pub pattern: String,
+    #[serde(default = "default_batch_delay")]
+    pub batch_max_delay_ms: u64,
+    #[serde(default = "default_batch_messages")]
+    pub batch_max_messages: usize,
+}
+
+fn default_batch_delay() -> u64 {
+    20
+}
+fn default_batch_messages() -> usize {
+    256
+}
+
+/// Overrides taken from the command line; they win over the environment and the file.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the file (if any), applies `STREAMLOG_*` variables, then the CLI flags, and
+    /// validates the result.
+    pub fn load(file: Option<&std::path::Path>, cli: &CliOverrides) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        if let Some(listen) = &cli.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(dir) = &cli.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = var("STREAMLOG_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = var("STREAMLOG_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("STREAMLOG_AUTH_MODE") {
+            self.auth.mode = match v.as_str() {
+                "none" => AuthMode::None,
+                "jwt" => AuthMode::Jwt,
+                other => {
+                    return Err(invalid(
+                        "STREAMLOG_AUTH_MODE",
+                        format!("`{other}` is not a mode; use `none` or `jwt`"),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = var("STREAMLOG_HS256_SECRET") {
+            self.auth.hs256_secret = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.auth.mode == AuthMode::Jwt
+            && self.auth.hs256_secret.is_empty()
+            && self.auth.rs256_public_key_pem.is_none()
+        {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "auth.mode = \"jwt\" needs hs256_secret or rs256_public_key_pem",
+            ));
+        }
+        let positive = [
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections_per_user",
+                self.limits.max_connections_per_user,
+            ),
+            (
+                "limits.messages_per_second",
+                self.limits.messages_per_second as usize,
+            ),
+            ("limits.burst", self.limits.burst as usize),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            (
+                "limits.max_subscriptions_per_connection",
+                self.limits.max_subscriptions_per_connection,
+            ),
+            (
+                "limits.max_http_body_bytes",
+                self.limits.max_http_body_bytes,
+            ),
+            ("limits.max_batch_events", self.limits.max_batch_events),
+            (
+                "heartbeat.interval_secs",
+                self.heartbeat.interval_secs as usize,
+            ),
+            (
+                "heartbeat.timeout_secs",
+                self.heartbeat.timeout_secs as usize,
+            ),
+            (
+                "storage.cache_capacity_mb",
+                self.storage.cache_capacity_mb as usize,
+            ),
+            ("storage.max_group_events", self.storage.max_group_events),
+            ("delivery.queue_capacity", self.delivery.queue_capacity),
+            ("delivery.catch_up_page", self.delivery.catch_up_page),
+            (
+                "delivery.write_timeout_secs",
+                self.delivery.write_timeout_secs as usize,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.heartbeat.timeout_secs <= self.heartbeat.interval_secs {
+            return Err(invalid(
+                "heartbeat.timeout_secs",
+                "must be greater than heartbeat.interval_secs",
+            ));
+        }
+        for (i, rule) in self.high_frequency.iter().enumerate() {
+            let key = format!("high_frequency[{i}]");
+            ChannelPattern::new(&rule.pattern)
+                .map_err(|e| invalid(&format!("{key}.pattern"), e.to_string()))?;
+            if rule.batch_max_messages == 0 {
+                return Err(invalid(
+                    &format!("{key}.batch_max_messages"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("`{}` is not an address like 127.0.0.1:8000", self.listen),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_example_parses_with_defaults_filled_in() {
+        let config: Config = toml::from_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            [auth]
+            mode = "none"
+            [retention]
+            max_events_per_channel = 5
+            [[high_frequency]]
+            pattern = "arena/*"
+            batch_max_delay_ms = 20
+            batch_max_messages = 256
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits.max_message_bytes, 65_536);
+        assert_eq!(config.heartbeat.interval_secs, 25);
+        assert_eq!(config.retention.max_events_per_channel, 5);
+        assert_eq!(config.high_frequency[0].pattern, "arena/*");
+    }
+
+    #[test]
+    fn unknown_key_and_bad_mode_name_the_problem() {
+        let err = toml::from_str::<Config>("[limits]\nmax_conections = 3").unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+        let err = toml::from_str::<Config>("[auth]\nmode = \"ldap\"").unwrap_err();
+        assert!(err.to_string().contains("none"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let mut config = Config::default();
+        config
+            .apply_env(|k| match k {
+                "STREAMLOG_AUTH_MODE" => Some("jwt".into()),
+                "STREAMLOG_LISTEN" => Some("127.0.0.1:0".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:0");
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.hs256_secret"), "{err}");
+        config.auth.hs256_secret = "s".into();
+        config.validate().unwrap();
+        let err = config
+            .apply_env(|k| (k == "STREAMLOG_AUTH_MODE").then(|| "maybe".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("none"));
+    }
+}

@@ -1,0 +1,268 @@
+//! Fan-out: which connection wants which channel, and the bounded queue of each connection.
+//!
+//! One task reads the log's append notifications and offers every group to the connections
+//! subscribed to any of its channels (and every group holding a `system/broadcast` event to
+//! every connection). The group is shared, not copied: the connection picks out its events.
+//!
+//! A connection whose queue is full is never waited for and never silently skipped: its
+//! `lagged` flag is raised, and the session, on seeing it, drops its queue and catches up
+//! from the log from its own cursors (see `ws/subscriptions.rs`). A slow reader costs the
+//! others nothing, and loses nothing.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{
+    event::{Channel, BROADCAST_CHANNEL},
+    log::AppendedGroup,
+};
+
+pub type ConnectionId = u64;
+
+/// What the hub keeps of a connection: the sending side of its queue, and its lag flag.
+pub struct ConnectionHandle {
+    pub id: ConnectionId,
+    pub client_id: String,
+    pub user: String,
+    queue: mpsc::Sender<Arc<AppendedGroup>>,
+    lagged: AtomicBool,
+    /// Number of the last group offered, so a group with several of the connection's
+    /// channels is queued once.
+    last_group: AtomicU64,
+}
+
+impl ConnectionHandle {
+    /// Takes the lag flag down and says whether it was up.
+    pub fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::AcqRel)
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    fn offer(&self, group_no: u64, group: &Arc<AppendedGroup>) {
+        if self.last_group.swap(group_no, Ordering::Relaxed) == group_no {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(group.clone()) {
+            self.lagged.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    connections: HashMap<ConnectionId, Arc<ConnectionHandle>>,
+    /// channel -> connections subscribed to it (one entry per connection).
+    channels: HashMap<Channel, HashMap<ConnectionId, Arc<ConnectionHandle>>>,
+    per_user: HashMap<String, usize>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    registry: RwLock<Registry>,
+    next_id: AtomicU64,
+    groups_dispatched: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Starts the task that feeds every appended group to the connections.
+    pub fn spawn_dispatcher(
+        self: &Arc<Self>,
+        mut appends: broadcast::Receiver<Arc<AppendedGroup>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match appends.recv().await {
+                    Ok(group) => hub.dispatch(&group),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            missed,
+                            "fan-out fell behind the log; every connection catches up from the log"
+                        );
+                        hub.mark_all_lagged();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Registers a connection; the receiver is its queue.
+    pub fn connect(
+        &self,
+        client_id: String,
+        user: String,
+        queue_capacity: usize,
+    ) -> (Arc<ConnectionHandle>, mpsc::Receiver<Arc<AppendedGroup>>) {
+        let (tx, rx) = mpsc::channel(queue_capacity);
+        let handle = Arc::new(ConnectionHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            client_id,
+            user,
+            queue: tx,
+            lagged: AtomicBool::new(false),
+            last_group: AtomicU64::new(0),
+        });
+        let mut registry = self.write();
+        registry.connections.insert(handle.id, handle.clone());
+        *registry.per_user.entry(handle.user.clone()).or_default() += 1;
+        drop(registry);
+        (handle, rx)
+    }
+
+    pub fn disconnect(&self, id: ConnectionId) {
+        let mut registry = self.write();
+        let Some(handle) = registry.connections.remove(&id) else {
+            return;
+        };
+        if let Some(count) = registry.per_user.get_mut(&handle.user) {
+            *count -= 1;
+            if *count == 0 {
+                registry.per_user.remove(&handle.user);
+            }
+        }
+        registry.channels.retain(|_, subscribers| {
+            subscribers.remove(&id);
+            !subscribers.is_empty()
+        });
+    }
+
+    /// From now on, groups holding `channel` are offered to the connection.
+    pub fn subscribe(&self, handle: &Arc<ConnectionHandle>, channel: &Channel) {
+        self.write()
+            .channels
+            .entry(channel.clone())
+            .or_default()
+            .insert(handle.id, handle.clone());
+    }
+
+    pub fn unsubscribe(&self, id: ConnectionId, channel: &Channel) {
+        let mut registry = self.write();
+        if let Some(subscribers) = registry.channels.get_mut(channel) {
+            subscribers.remove(&id);
+            if subscribers.is_empty() {
+                registry.channels.remove(channel);
+            }
+        }
+    }
+
+    pub fn connections_of(&self, user: &str) -> usize {
+        self.read().per_user.get(user).copied().unwrap_or(0)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.read().connections.len()
+    }
+
+    pub fn subscriber_count(&self, channel: &Channel) -> usize {
+        self.read().channels.get(channel).map_or(0, HashMap::len)
+    }
+
+    pub fn connections(&self) -> Vec<Arc<ConnectionHandle>> {
+        self.read().connections.values().cloned().collect()
+    }
+
+    fn dispatch(&self, group: &Arc<AppendedGroup>) {
+        let group_no = self.groups_dispatched.fetch_add(1, Ordering::Relaxed) + 1;
+        let registry = self.read();
+        for event in &group.events {
+            for channel in &event.channels {
+                if channel.as_str() == BROADCAST_CHANNEL {
+                    for handle in registry.connections.values() {
+                        handle.offer(group_no, group);
+                    }
+                } else if let Some(subscribers) = registry.channels.get(channel) {
+                    for handle in subscribers.values() {
+                        handle.offer(group_no, group);
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_all_lagged(&self) {
+        for handle in self.read().connections.values() {
+            handle.lagged.store(true, Ordering::Release);
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().expect("hub registry")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().expect("hub registry")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::event::Event;
+
+    fn group(seq: u64, channels: &[&str]) -> Arc<AppendedGroup> {
+        Arc::new(AppendedGroup {
+            events: vec![Arc::new(Event::new(
+                seq,
+                format!("{seq}"),
+                channels
+                    .iter()
+                    .map(|c| Channel::parse(c).unwrap())
+                    .collect(),
+                "t".into(),
+                0,
+                RawValue::from_string("{}".into()).unwrap(),
+            ))],
+        })
+    }
+
+    #[test]
+    fn offers_once_per_connection_and_flags_lag_when_full() {
+        let hub = Hub::new();
+        let (conn, mut queue) = hub.connect("c".into(), "u".into(), 2);
+        let a = Channel::parse("arena/a").unwrap();
+        let b = Channel::parse("arena/b").unwrap();
+        hub.subscribe(&conn, &a);
+        hub.subscribe(&conn, &b);
+        hub.dispatch(&group(1, &["arena/a", "arena/b"]));
+        assert_eq!(queue.try_recv().unwrap().events[0].seq, 1);
+        assert!(
+            queue.try_recv().is_err(),
+            "queued once although in two channels"
+        );
+
+        hub.dispatch(&group(2, &["arena/x"]));
+        assert!(queue.try_recv().is_err(), "not subscribed");
+        hub.dispatch(&group(3, &["system/broadcast"]));
+        assert_eq!(
+            queue.try_recv().unwrap().events[0].seq,
+            3,
+            "broadcast reaches all"
+        );
+
+        for seq in 4..8 {
+            hub.dispatch(&group(seq, &["arena/a"]));
+        }
+        assert!(conn.take_lagged());
+        assert!(!conn.take_lagged());
+        hub.disconnect(conn.id);
+        assert_eq!(hub.connection_count(), 0);
+        assert_eq!(hub.subscriber_count(&a), 0);
+    }
+}

@@ -1,0 +1,45 @@
+//! streamlog: a persistent event-log streaming server.
+//!
+//! Every event is appended to a durable log, indexed by channel, *before* it is fanned out
+//! to WebSocket subscribers. Every event carries a cursor (its `seq`), so a client that
+//! drops resumes exactly where it left off, and history can be read or replayed.
+//!
+//! # Data flow
+//!
+//! ```text
+//! http / ws session ─▶ publish ─▶ log (append, durable) ─▶ fanout ─▶ filter ─▶ encode ─▶ socket
+//!                                       ▲                      │
+//!                                       └── resume / catch-up ◀┘  (a lagging reader reads the log)
+//! ```
+//!
+//! # Code map
+//!
+//! - `main.rs` — the `streamlog` command line.
+//! - [`config`] — the one typed `Config`: defaults, TOML, `STREAMLOG_*` overrides, validation.
+//! - [`server`] — wiring and lifecycle (bind, serve, graceful shutdown).
+//! - [`app`] — the state shared by routes and sessions.
+//! - [`event`] — channel names and patterns, `NewEvent` (validated input), `Event` (stored).
+//! - [`publish`] — the only write path: parse and validate bodies, append.
+//! - [`log`] — the `EventLog` trait; `log/sled/` is the embedded engine, the only code
+//!   that touches sled; `log/codec.rs` defines the bytes (see `storage-format.md`).
+//! - [`fanout`] — channel registry and per-connection bounded queues, lag detection.
+//! - [`filter`] — subscription filters.
+//! - [`protocol`] — client and server messages and their encodings; no IO.
+//! - [`ws`] — the WebSocket gateway: upgrade, reader task, session loop, subscriptions.
+//! - [`http`] — REST routes: health, publish, history.
+//! - [`auth`] — credentials to `Principal`, and what a principal may do.
+//! - [`error`] — `ApiError`, the one mapping of failures to HTTP and protocol errors.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod fanout;
+pub mod filter;
+pub mod http;
+pub mod log;
+pub mod protocol;
+pub mod publish;
+pub mod server;
+pub mod ws;

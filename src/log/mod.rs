@@ -1,0 +1,103 @@
+//! The durable event log, behind a small trait.
+//!
+//! Architecture invariant: nothing outside `log/` knows which engine stores the events. The
+//! gateway appends batches, reads ranges of channels, asks for positions and listens to
+//! appends through [`EventLog`]; `log/sled/` is the embedded engine and the only code that
+//! touches sled. A distributed engine replaces it by implementing the same trait.
+//!
+//! Guarantees every engine gives:
+//! - `append` answers only once the events are durable, assigns one `seq` per event that is
+//!   strictly increasing across the whole log and never reused, and is all-or-nothing;
+//! - reads never return an event before it is durable (they stop at [`EventLog::head`]);
+//! - [`EventLog::watch`] yields every appended group, in seq order, after it is durable.
+
+pub mod codec;
+pub mod sled;
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use tokio::sync::broadcast;
+
+use crate::event::{Channel, Event, NewEvent};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What `append` made of one submitted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub seq: u64,
+    /// The idempotency key was already stored: nothing was appended, `seq` is the original.
+    pub duplicate: bool,
+}
+
+/// Events made durable together, in seq order. Shared by every connection it is fanned out to.
+#[derive(Debug)]
+pub struct AppendedGroup {
+    pub events: Vec<Arc<Event>>,
+}
+
+/// Where a channel stands in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelPosition {
+    /// The log's head (last durable seq, all channels).
+    pub head: u64,
+    /// Seq of the oldest retained event of the channel, 0 when it holds none.
+    pub earliest: u64,
+    /// Highest seq of this channel that retention removed, 0 when nothing was removed.
+    /// A cursor below it has lost events.
+    pub removed_upto: u64,
+    /// Retained events of the channel.
+    pub retained: u64,
+}
+
+/// A range read: events of any of `channels` with `after < seq <= until`, merged by seq,
+/// each event once, at most `limit` of them.
+#[derive(Debug, Clone)]
+pub struct ReadRange<'a> {
+    pub channels: &'a [Channel],
+    pub after: u64,
+    pub until: u64,
+    pub limit: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("the stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the log is closed")]
+    Closed,
+    #[error(
+        "the data dir holds storage format version {found}; this streamlog reads version {supported}"
+    )]
+    UnsupportedFormat { found: u32, supported: u32 },
+    #[error("a previous write failed and the log refuses further appends: {0}")]
+    Poisoned(String),
+}
+
+pub trait EventLog: Send + Sync + 'static {
+    /// The random identity of this log, minted when its store was created.
+    fn epoch(&self) -> &str;
+
+    /// Seq of the last durable event (0 for an empty log).
+    fn head(&self) -> u64;
+
+    /// Appends a batch atomically and durably; one outcome per submitted event, in order.
+    fn append(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<AppendOutcome>, LogError>>;
+
+    /// Reads a range of one or more channels, merged by seq.
+    fn read<'a>(&'a self, range: ReadRange<'a>)
+        -> BoxFuture<'a, Result<Vec<Arc<Event>>, LogError>>;
+
+    fn position<'a>(
+        &'a self,
+        channel: &'a Channel,
+    ) -> BoxFuture<'a, Result<ChannelPosition, LogError>>;
+
+    /// Every group appended from now on, in seq order, after it is durable.
+    fn watch(&self) -> broadcast::Receiver<Arc<AppendedGroup>>;
+
+    /// Makes everything durable and stops taking appends.
+    fn close(&self) -> BoxFuture<'_, Result<(), LogError>>;
+}

@@ -1,0 +1,126 @@
+//! Wiring and lifecycle: open the log, start the fan-out, bind, serve, and shut down in
+//! order — stop accepting, close every socket with 1001, flush the log, return.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::serve::ListenerExt;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    app::{App, AppState},
+    auth::Authenticator,
+    config::{AuthMode, Config},
+    fanout::Hub,
+    log::{sled::SledLog, EventLog, LogError},
+    publish::Publisher,
+};
+
+/// How long open connections get to receive their 1001 close before the log is flushed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the log: {0}")]
+    Log(#[from] LogError),
+    #[error("auth: {0}")]
+    Auth(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    serve_until(config, shutdown_signal()).await
+}
+
+pub async fn serve_until(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = config
+        .listen_addr()
+        .map_err(|e| ServeError::Auth(e.to_string()))?;
+    let auth = Authenticator::new(&config.auth).map_err(ServeError::Auth)?;
+    if config.auth.mode == AuthMode::None {
+        tracing::warn!(
+            auth_mode = "none",
+            "auth mode `none`: every client may publish, subscribe and use the admin API; \
+             use auth.mode = \"jwt\" for anything but a demo"
+        );
+    }
+    let log: Arc<dyn EventLog> = Arc::new(SledLog::open(
+        &config.data_dir,
+        &config.storage,
+        config.retention.clone(),
+    )?);
+    let hub = Hub::new();
+    let dispatcher = hub.spawn_dispatcher(log.watch());
+    let (stopping_tx, stopping) = watch::channel(false);
+    let state = AppState::new(App {
+        config,
+        log: log.clone(),
+        hub: hub.clone(),
+        publisher: Publisher::new(log.clone()),
+        auth,
+        shutdown: stopping,
+    });
+
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr()?;
+    // Small frames must not wait for Nagle's algorithm: see the README's performance notes.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tracing::info!(addr = %local, "streamlog listening on {local}");
+
+    let router = crate::http::router(state);
+    let graceful = async move {
+        stop.await;
+        tracing::info!("shutting down: no new connections, closing sockets with 1001");
+        let _ = stopping_tx.send(true);
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(graceful)
+        .await?;
+
+    // Upgraded WebSockets are not tracked by the HTTP server: wait for the sessions.
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log.close().await?;
+    dispatcher.abort();
+    tracing::info!(head = log.head(), "log flushed; stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

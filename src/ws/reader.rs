@@ -1,0 +1,132 @@
+//! The reading half of a WebSocket, in a task of its own: reading must never stop (control
+//! frames are only answered from inside `read_frame`) and a read cannot be cancelled midway.
+//! Whole messages, protocol replies and the end of the stream are handed to the session.
+//!
+//! Fragmented messages are reassembled here, with the size limit applied to the whole
+//! message, not only to each fragment.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
+use tokio::{io::AsyncRead, sync::mpsc};
+
+use crate::event::now_ms;
+
+#[derive(Debug)]
+pub enum Inbound {
+    /// A complete data message.
+    Message { payload: Vec<u8>, binary: bool },
+    /// A frame the protocol obliges us to send back (pong, close echo).
+    Reply { opcode: OpCode, payload: Vec<u8> },
+    /// The client sent a close frame (the echo was sent as a `Reply` before).
+    Closed,
+    /// The peer broke the protocol or the connection; nothing more will come.
+    Failed(ReadFailure),
+}
+
+#[derive(Debug)]
+pub enum ReadFailure {
+    TooLarge,
+    InvalidUtf8,
+    Protocol(String),
+    Gone,
+}
+
+pub fn spawn<S>(
+    mut read: WebSocketRead<S>,
+    max_message_bytes: usize,
+    inbound: mpsc::Sender<Inbound>,
+    last_seen_ms: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()>
+where
+    S: AsyncRead + Unpin + Send + 'static,
+{
+    // A frame at the limit is accepted; fastwebsockets refuses `len >= max`.
+    read.set_max_message_size(max_message_bytes + 1);
+    tokio::spawn(async move {
+        let outcome = read_messages(&mut read, max_message_bytes, &inbound, &last_seen_ms).await;
+        let _ = inbound.send(outcome).await;
+    })
+}
+
+async fn read_messages<S: AsyncRead + Unpin>(
+    read: &mut WebSocketRead<S>,
+    max_message_bytes: usize,
+    inbound: &mpsc::Sender<Inbound>,
+    last_seen_ms: &AtomicU64,
+) -> Inbound {
+    let mut partial: Option<(Vec<u8>, bool)> = None;
+    let replies = inbound.clone();
+    let mut send_reply = move |frame: Frame<'_>| {
+        let reply = Inbound::Reply {
+            opcode: frame.opcode,
+            payload: frame.payload.to_vec(),
+        };
+        let replies = replies.clone();
+        async move { replies.send(reply).await.map_err(|_| "session ended") }
+    };
+    loop {
+        let frame = match read.read_frame(&mut send_reply).await {
+            Ok(frame) => frame,
+            Err(error) => return Inbound::Failed(failure(error)),
+        };
+        last_seen_ms.store(now_ms(), Ordering::Relaxed);
+        let (payload, binary) = match frame.opcode {
+            OpCode::Close => return Inbound::Closed,
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary if partial.is_some() => {
+                return Inbound::Failed(ReadFailure::Protocol(
+                    "new message inside a fragmented one".into(),
+                ))
+            }
+            OpCode::Text | OpCode::Binary if !frame.fin => {
+                partial = Some((frame.payload.to_vec(), frame.opcode == OpCode::Binary));
+                continue;
+            }
+            OpCode::Text | OpCode::Binary => {
+                (frame.payload.to_vec(), frame.opcode == OpCode::Binary)
+            }
+            OpCode::Continuation => {
+                let Some((buffer, binary)) = partial.as_mut() else {
+                    return Inbound::Failed(ReadFailure::Protocol(
+                        "continuation without a message".into(),
+                    ));
+                };
+                if buffer.len() + frame.payload.len() > max_message_bytes {
+                    return Inbound::Failed(ReadFailure::TooLarge);
+                }
+                buffer.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    continue;
+                }
+                let binary = *binary;
+                let (buffer, _) = partial.take().expect("checked above");
+                if !binary && std::str::from_utf8(&buffer).is_err() {
+                    return Inbound::Failed(ReadFailure::InvalidUtf8);
+                }
+                (buffer, binary)
+            }
+        };
+        if inbound
+            .send(Inbound::Message { payload, binary })
+            .await
+            .is_err()
+        {
+            return Inbound::Failed(ReadFailure::Gone);
+        }
+    }
+}
+
+fn failure(error: WebSocketError) -> ReadFailure {
+    match error {
+        WebSocketError::FrameTooLarge => ReadFailure::TooLarge,
+        WebSocketError::InvalidUTF8 => ReadFailure::InvalidUtf8,
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed
+        | WebSocketError::IoError(_) => ReadFailure::Gone,
+        other => ReadFailure::Protocol(other.to_string()),
+    }
+}

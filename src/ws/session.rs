@@ -1,0 +1,621 @@
+//! One WebSocket connection: its state, and the loop that `select!`s over its inputs —
+//! client messages, its fan-out queue, answers to its publishes, the heartbeat, shutdown —
+//! and, while a subscription is catching up, the next page of the log.
+//!
+//! Every step writes into the sink's buffer and the loop flushes once per step, so a burst
+//! of events costs one socket write.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio::{io::AsyncWrite, sync::mpsc, time::MissedTickBehavior};
+
+use super::{
+    publishing::{self, PublishAnswer, PublishRequest},
+    reader::{Inbound, ReadFailure},
+    sink::{FrameSink, SinkError},
+    subscriptions::{Start, Subscriptions},
+};
+use crate::{
+    app::AppState,
+    auth::Principal,
+    error::ApiError,
+    event::{now_ms, Channel, BROADCAST_CHANNEL},
+    fanout::ConnectionHandle,
+    filter::Filter,
+    log::{AppendedGroup, ChannelPosition, ReadRange},
+    protocol::{
+        self, ClientMessage, ErrorCode, Format, PublishMessage, ServerMessage, SubscribeMessage,
+        SubscriptionInfo,
+    },
+    publish::{self, EventInput},
+};
+
+/// Groups taken from the queue in one step before the socket is flushed.
+const GROUPS_PER_STEP: usize = 64;
+
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_LARGE: u16 = 1009;
+    pub const SERVER_ERROR: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const LAGGING: u16 = 4000;
+}
+
+/// A subscription asked for when the connection opened (`/ws/{kind}/{id}`).
+pub struct InitialSubscription {
+    pub channel: Channel,
+    pub since: Option<u64>,
+    pub epoch: Option<String>,
+    pub filter: Filter,
+    pub filter_source: Value,
+}
+
+pub struct SessionParams {
+    pub principal: Principal,
+    pub format: Format,
+}
+
+/// What a step decided about the connection.
+enum Flow {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The connection is already gone or closed by the client: just stop.
+    End,
+}
+
+impl From<SinkError> for Flow {
+    fn from(error: SinkError) -> Self {
+        match error {
+            SinkError::Timeout => Flow::Close(close::LAGGING, "write timeout".into()),
+            SinkError::Socket(_) => Flow::End,
+        }
+    }
+}
+
+pub struct Session<W> {
+    app: AppState,
+    conn: Arc<ConnectionHandle>,
+    queue: mpsc::Receiver<Arc<AppendedGroup>>,
+    inbound: mpsc::Receiver<Inbound>,
+    sink: FrameSink<W>,
+    subs: Subscriptions,
+    format: Format,
+    principal: Principal,
+    publishes: Option<(mpsc::Sender<PublishRequest>, mpsc::Receiver<PublishAnswer>)>,
+    last_seen_ms: Arc<AtomicU64>,
+}
+
+impl<W: AsyncWrite + Unpin + Send> Session<W> {
+    pub fn new(
+        app: AppState,
+        conn: Arc<ConnectionHandle>,
+        queue: mpsc::Receiver<Arc<AppendedGroup>>,
+        inbound: mpsc::Receiver<Inbound>,
+        sink: FrameSink<W>,
+        params: &SessionParams,
+        last_seen_ms: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            app,
+            conn,
+            queue,
+            inbound,
+            sink,
+            subs: Subscriptions::default(),
+            format: params.format,
+            principal: params.principal.clone(),
+            publishes: None,
+            last_seen_ms,
+        }
+    }
+
+    /// Runs the connection to its end; the caller unregisters it afterwards.
+    pub async fn run(mut self, initial: Option<InitialSubscription>) {
+        let flow = match self.open(initial).await {
+            Ok(()) => self.serve().await,
+            Err(flow) => flow,
+        };
+        if let Flow::Close(code, reason) = flow {
+            tracing::debug!(client_id = %self.conn.client_id, code, %reason, "closing");
+            self.sink.close(code, &reason).await;
+        }
+    }
+
+    async fn open(&mut self, initial: Option<InitialSubscription>) -> Result<(), Flow> {
+        // The hub offers broadcasts to every registered connection, this one included since
+        // before this head was read.
+        let broadcast = Channel::parse(BROADCAST_CHANNEL).expect("valid channel");
+        let head = self.app.log.head();
+        self.subs.add_implicit(broadcast, head);
+        let established = ServerMessage::ConnectionEstablished {
+            client_id: &self.conn.client_id,
+            server_time: crate::event::format_ts(now_ms()),
+            head,
+            epoch: self.app.log.epoch(),
+        };
+        self.sink
+            .send(&protocol::control_frame(&established, self.format))
+            .await?;
+        if let Some(sub) = initial {
+            self.start_subscription(None, sub).await?;
+        }
+        self.sink.flush().await?;
+        Ok(())
+    }
+
+    async fn serve(&mut self) -> Flow {
+        let heartbeat = &self.app.config.heartbeat;
+        let period = Duration::from_secs(heartbeat.interval_secs);
+        let timeout_ms = heartbeat.timeout_secs * 1000;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut shutdown = self.app.shutdown.clone();
+        loop {
+            if self.conn.take_lagged() {
+                self.recover_from_lag();
+            }
+            let catching_up = self.subs.is_catching_up();
+            let step = tokio::select! {
+                _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
+                    Err(Flow::Close(close::GOING_AWAY, "server shutting down".into()))
+                }
+                item = self.inbound.recv() => match item {
+                    Some(item) => self.on_inbound(item).await,
+                    None => Err(Flow::End),
+                },
+                Some(group) = self.queue.recv() => self.on_groups(group).await,
+                Some(answer) = next_answer(&mut self.publishes) => self.on_published(answer).await,
+                _ = ticks.tick() => self.on_heartbeat(timeout_ms).await,
+                _ = std::future::ready(()), if catching_up => self.catch_up_step().await,
+            };
+            if let Err(flow) = step {
+                return flow;
+            }
+            if let Err(error) = self.sink.flush().await {
+                return error.into();
+            }
+        }
+    }
+
+    async fn on_inbound(&mut self, item: Inbound) -> Result<(), Flow> {
+        match item {
+            Inbound::Message { payload, binary } => self.on_message(&payload, binary).await,
+            Inbound::Reply { opcode, payload } => {
+                let frame = fastwebsockets::Frame::new(true, opcode, None, payload.into());
+                self.sink.write(frame).await?;
+                if opcode == fastwebsockets::OpCode::Close {
+                    self.sink.flush().await?;
+                    return Err(Flow::End);
+                }
+                Ok(())
+            }
+            Inbound::Closed => Err(Flow::End),
+            Inbound::Failed(ReadFailure::TooLarge) => {
+                let limit = self.app.config.limits.max_message_bytes;
+                self.send_error(
+                    None,
+                    ErrorCode::MessageTooLarge,
+                    &format!("messages are limited to {limit} bytes"),
+                    None,
+                )
+                .await?;
+                Err(Flow::Close(close::TOO_LARGE, "message too large".into()))
+            }
+            Inbound::Failed(ReadFailure::InvalidUtf8) => Err(Flow::Close(
+                close::INVALID_DATA,
+                "text frame is not UTF-8".into(),
+            )),
+            Inbound::Failed(ReadFailure::Protocol(why)) => {
+                Err(Flow::Close(close::PROTOCOL_ERROR, why))
+            }
+            Inbound::Failed(ReadFailure::Gone) => Err(Flow::End),
+        }
+    }
+
+    async fn on_message(&mut self, payload: &[u8], binary: bool) -> Result<(), Flow> {
+        if binary {
+            let message = "binary frames are only read from connections with format=msgpack";
+            return self
+                .send_error(None, ErrorCode::InvalidMessage, message, None)
+                .await;
+        }
+        let message = match ClientMessage::parse_json(payload) {
+            Ok(message) => message,
+            Err(e) => {
+                return self
+                    .send_error(e.id.as_ref(), e.code, &e.message, None)
+                    .await
+            }
+        };
+        match message {
+            ClientMessage::Subscribe(m) => self.on_subscribe(m).await,
+            ClientMessage::Unsubscribe { id, channel } => self.on_unsubscribe(id, &channel).await,
+            ClientMessage::GetSubscriptions { id } => {
+                let listed = self.subs.listed();
+                let subscriptions = listed
+                    .iter()
+                    .map(|s| SubscriptionInfo {
+                        channel: s.channel.as_str(),
+                        filters: &s.filter_source,
+                    })
+                    .collect();
+                let message = ServerMessage::Subscriptions {
+                    id: id.as_ref(),
+                    subscriptions,
+                };
+                let frame = protocol::control_frame(&message, self.format);
+                Ok(self.sink.send(&frame).await?)
+            }
+            ClientMessage::Ping { id } => {
+                self.send_control(&ServerMessage::Pong { id: id.as_ref() })
+                    .await
+            }
+            ClientMessage::Publish(m) => self.on_publish(m).await,
+        }
+    }
+
+    async fn on_subscribe(&mut self, m: SubscribeMessage) -> Result<(), Flow> {
+        let id = m.id.as_ref();
+        let channel = match Channel::parse(&m.channel) {
+            Ok(channel) => channel,
+            Err(e) => {
+                return self
+                    .send_error(id, ErrorCode::InvalidChannel, &e.to_string(), None)
+                    .await
+            }
+        };
+        if !self.principal.can_subscribe(&channel) {
+            let message = format!("the token does not grant subscribe on {channel}");
+            return self
+                .send_error(id, ErrorCode::Forbidden, &message, None)
+                .await;
+        }
+        let limit = self.app.config.limits.max_subscriptions_per_connection;
+        if !self.subs.contains(channel.as_str()) && self.subs.count() >= limit {
+            let message = format!("a connection holds at most {limit} subscriptions");
+            let details = serde_json::json!({ "limit": limit });
+            return self
+                .send_error(id, ErrorCode::SubscriptionLimit, &message, Some(details))
+                .await;
+        }
+        let filter_source = m.filters.clone().unwrap_or(Value::Null);
+        let filter = match Filter::parse(&filter_source) {
+            Ok(filter) => filter,
+            Err(e) => {
+                return self
+                    .send_error(id, ErrorCode::InvalidMessage, &e.to_string(), None)
+                    .await
+            }
+        };
+        let initial = InitialSubscription {
+            channel,
+            since: m.since.map(|c| c.0),
+            epoch: m.epoch,
+            filter,
+            filter_source,
+        };
+        self.start_subscription(m.id.as_ref(), initial).await
+    }
+
+    /// Registers with the fan-out first, then reads the position: see `subscriptions.rs`
+    /// for why this order makes the hand-over gap-free.
+    async fn start_subscription(
+        &mut self,
+        id: Option<&Value>,
+        sub: InitialSubscription,
+    ) -> Result<(), Flow> {
+        self.app.hub.subscribe(&self.conn, &sub.channel);
+        let position = match self.app.log.position(&sub.channel).await {
+            Ok(position) => position,
+            Err(e) => {
+                let e = ApiError::from(e);
+                return self.send_error(id, e.code, &e.message, None).await;
+            }
+        };
+        let (start, reason) = resolve_start(
+            sub.since,
+            sub.epoch.as_deref(),
+            self.app.log.epoch(),
+            &position,
+        );
+        let message = ServerMessage::Subscribed {
+            id,
+            channel: sub.channel.as_str(),
+            recovered: reason.is_none(),
+            reason,
+            head: position.head,
+            earliest: position.earliest,
+        };
+        self.send_control(&message).await?;
+        self.subs
+            .add(sub.channel, sub.filter, sub.filter_source, start);
+        Ok(())
+    }
+
+    async fn on_unsubscribe(&mut self, id: Option<Value>, name: &str) -> Result<(), Flow> {
+        if !self.subs.remove(name) {
+            let message = format!(
+                "not subscribed to `{}`",
+                name.chars().take(200).collect::<String>()
+            );
+            return self
+                .send_error(id.as_ref(), ErrorCode::NotFound, &message, None)
+                .await;
+        }
+        let channel = Channel::parse(name).expect("subscribed channels are valid");
+        if channel.as_str() == BROADCAST_CHANNEL {
+            // Broadcasts keep coming without a subscription, as for every connection.
+            self.subs.add_implicit(channel.clone(), self.app.log.head());
+        } else {
+            self.app.hub.unsubscribe(self.conn.id, &channel);
+        }
+        self.send_control(&ServerMessage::Unsubscribed {
+            id: id.as_ref(),
+            channel: channel.as_str(),
+        })
+        .await
+    }
+
+    async fn on_publish(&mut self, m: PublishMessage) -> Result<(), Flow> {
+        let id = m.id;
+        let input = EventInput {
+            channel: m.channel,
+            channels: m.channels,
+            event_type: m.event_type,
+            data: m.data,
+            id: m.idempotency_key,
+        };
+        let event = match publish::validate(input) {
+            Ok(event) => event,
+            Err(e) => {
+                return self
+                    .send_error(id.as_ref(), e.code, &e.message, e.details)
+                    .await
+            }
+        };
+        if let Some(channel) = event
+            .channels
+            .iter()
+            .find(|c| !self.principal.can_publish(c))
+        {
+            let message = format!("the token does not grant publish on {channel}");
+            return self
+                .send_error(id.as_ref(), ErrorCode::Forbidden, &message, None)
+                .await;
+        }
+        let publisher = self.app.publisher.clone();
+        let (requests, _) = self
+            .publishes
+            .get_or_insert_with(|| publishing::spawn(publisher));
+        // Waits only when MAX_IN_FLIGHT publishes are unanswered: backpressure on the client.
+        if requests.send(PublishRequest { id, event }).await.is_err() {
+            return Err(Flow::Close(
+                close::SERVER_ERROR,
+                "publish pipeline stopped".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn on_published(&mut self, answer: PublishAnswer) -> Result<(), Flow> {
+        match answer.result {
+            Ok(seq) => {
+                self.send_control(&ServerMessage::Published {
+                    id: answer.id.as_ref(),
+                    seq,
+                })
+                .await
+            }
+            Err(e) => {
+                self.send_error(answer.id.as_ref(), e.code, &e.message, e.details)
+                    .await
+            }
+        }
+    }
+
+    async fn on_groups(&mut self, first: Arc<AppendedGroup>) -> Result<(), Flow> {
+        self.deliver_live(&first).await?;
+        for _ in 1..GROUPS_PER_STEP {
+            match self.queue.try_recv() {
+                Ok(group) => self.deliver_live(&group).await?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver_live(&mut self, group: &AppendedGroup) -> Result<(), Flow> {
+        for event in &group.events {
+            if let Some(index) = self.subs.route_live(event) {
+                self.sink
+                    .send(&protocol::event_frame(event, index, self.format))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue overflowed: what it held (and what it missed) is read from the log instead.
+    fn recover_from_lag(&mut self) {
+        while self.queue.try_recv().is_ok() {}
+        self.subs.start_lag_recovery();
+        tracing::debug!(client_id = %self.conn.client_id, "queue overflowed; catching up from the log");
+    }
+
+    /// Delivers one page of the log to the subscription that is furthest behind.
+    async fn catch_up_step(&mut self) -> Result<(), Flow> {
+        let Some((channel, cursor)) = self.subs.next_catching_up() else {
+            return Ok(());
+        };
+        let log = self.app.log.clone();
+        let position = log.position(&channel).await.map_err(internal)?;
+        if position.removed_upto > cursor {
+            // Retention removed events this connection had not received: it must know.
+            let reason = format!("lagging: resume from {}", self.subs.delivered_upto());
+            return Err(Flow::Close(close::LAGGING, reason));
+        }
+        let head_before_read = log.head();
+        let limit = self.app.config.delivery.catch_up_page;
+        let channels = [channel.clone()];
+        let range = ReadRange {
+            channels: &channels,
+            after: cursor,
+            until: u64::MAX,
+            limit,
+        };
+        let page = log.read(range).await.map_err(internal)?;
+        for event in &page {
+            if self.subs.route_catch_up(&channel, event) {
+                let index = event
+                    .channel_index(channel.as_str())
+                    .expect("read from this channel");
+                self.sink
+                    .send(&protocol::event_frame(event, index, self.format))
+                    .await?;
+            }
+        }
+        if page.len() < limit {
+            if let Some(seq) = self.subs.finish_catch_up(&channel, head_before_read) {
+                self.send_control(&ServerMessage::CaughtUp {
+                    channel: channel.as_str(),
+                    seq,
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_heartbeat(&mut self, timeout_ms: u64) -> Result<(), Flow> {
+        let silent_for = now_ms().saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
+        if silent_for > timeout_ms {
+            return Err(Flow::Close(close::NORMAL, "heartbeat timeout".into()));
+        }
+        let ping =
+            fastwebsockets::Frame::new(true, fastwebsockets::OpCode::Ping, None, Vec::new().into());
+        Ok(self.sink.write(ping).await?)
+    }
+
+    async fn send_control(&mut self, message: &ServerMessage<'_>) -> Result<(), Flow> {
+        let frame = protocol::control_frame(message, self.format);
+        Ok(self.sink.send(&frame).await?)
+    }
+
+    async fn send_error(
+        &mut self,
+        id: Option<&Value>,
+        code: ErrorCode,
+        message: &str,
+        details: Option<Value>,
+    ) -> Result<(), Flow> {
+        self.send_control(&ServerMessage::Error {
+            id,
+            code,
+            message,
+            details,
+        })
+        .await
+    }
+}
+
+fn internal(error: crate::log::LogError) -> Flow {
+    tracing::error!(%error, "log read failed during delivery");
+    Flow::Close(close::SERVER_ERROR, "internal error".into())
+}
+
+async fn next_answer(
+    publishes: &mut Option<(mpsc::Sender<PublishRequest>, mpsc::Receiver<PublishAnswer>)>,
+) -> Option<PublishAnswer> {
+    match publishes {
+        Some((_, answers)) => answers.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a subscription starts, and why it is not a full recovery when it is not.
+fn resolve_start(
+    since: Option<u64>,
+    epoch: Option<&str>,
+    log_epoch: &str,
+    position: &ChannelPosition,
+) -> (Start, Option<&'static str>) {
+    let head = position.head;
+    match since {
+        None => (Start::Live { head }, None),
+        Some(_) if epoch.is_some_and(|e| e != log_epoch) => {
+            (Start::Resume { cursor: head }, Some("epoch_mismatch"))
+        }
+        Some(since) if since > head => (Start::Resume { cursor: head }, Some("future_cursor")),
+        // `since=0` asks for the earliest retained event: nothing it asked for is lost.
+        Some(0) => (
+            Start::Resume {
+                cursor: position.removed_upto,
+            },
+            None,
+        ),
+        Some(since) if since < position.removed_upto => (
+            Start::Resume {
+                cursor: position.removed_upto,
+            },
+            Some("expired"),
+        ),
+        Some(since) => (Start::Resume { cursor: since }, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(head: u64, removed_upto: u64) -> ChannelPosition {
+        ChannelPosition {
+            head,
+            earliest: removed_upto + 1,
+            removed_upto,
+            retained: 1,
+        }
+    }
+
+    #[test]
+    fn resume_decisions() {
+        let p = position(100, 40);
+        let cases = [
+            (None, None, None, "live"),
+            (Some(50), None, None, "resume 50"),
+            (Some(50), Some("e1"), None, "resume 50"),
+            (
+                Some(50),
+                Some("other"),
+                Some("epoch_mismatch"),
+                "resume 100",
+            ),
+            (Some(101), None, Some("future_cursor"), "resume 100"),
+            (Some(39), None, Some("expired"), "resume 40"),
+            (Some(40), None, None, "resume 40"),
+            (Some(0), None, None, "resume 40"),
+        ];
+        for (since, epoch, reason, want) in cases {
+            let (start, got_reason) = resolve_start(since, epoch, "e1", &p);
+            let got = match start {
+                Start::Live { .. } => "live".to_string(),
+                Start::Resume { cursor } => format!("resume {cursor}"),
+            };
+            assert_eq!(
+                (got.as_str(), got_reason),
+                (want, reason),
+                "since {since:?} epoch {epoch:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the real `streamlog` binary, a real WebSocket client, loopback only.
+
+mod support;
+
+mod delivery;

@@ -1,0 +1,373 @@
+//! One helper per boundary: `Server` starts the real `streamlog` binary on a loopback port
+//! with a temporary data dir; `Ws` is a WebSocket client (tokio-tungstenite, independent of
+//! the server's own WebSocket library); `publish` and `get` speak HTTP.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    tungstenite::{protocol::frame::coding::CloseCode, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    config: Option<String>,
+    pub output: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with("").await
+    }
+
+    /// Starts with this TOML configuration (may be empty).
+    pub async fn start_with(config: &str) -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let mut server = Server {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            _temp: Some(temp),
+            config: (!config.is_empty()).then(|| config.to_string()),
+            output: Arc::new(Mutex::new(Vec::new())),
+            http: reqwest::Client::new(),
+        };
+        server.launch().await;
+        server
+    }
+
+    /// Starts again on the same data dir (after `kill` or `stop`), on a new port.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.launch().await;
+    }
+
+    async fn launch(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_streamlog"));
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .env("STREAMLOG_LOG", "info")
+            .env_remove("STREAMLOG_LISTEN")
+            .env_remove("STREAMLOG_DATA_DIR")
+            .env_remove("STREAMLOG_AUTH_MODE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(config) = &self.config {
+            let path = self.dir.join("streamlog.toml");
+            std::fs::write(&path, config).unwrap();
+            command.arg("--config").arg(path);
+        }
+        let mut child = command.spawn().expect("start streamlog");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = self.output.clone();
+            let addr_tx = addr_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("streamlog listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = addr_tx.send(addr);
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", self.output.lock().unwrap()));
+        self.addr = addr.parse().expect("listen address");
+        self.child = Some(child);
+        wait_until(|| async { self.health().await.is_some() }).await;
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    pub async fn health(&self) -> Option<Value> {
+        let response = self.http.get(self.url("/health")).send().await.ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// POSTs a JSON body to /api/v1/events; answers (status, body).
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        self.post_raw(
+            "/api/v1/events",
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// Publishes one event and returns its seq.
+    pub async fn publish_one(&self, channel: &str, event_type: &str, data: Value) -> u64 {
+        let (status, body) = self
+            .publish(
+                serde_json::json!({"channel": channel, "event_type": event_type, "data": data}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["seq"].as_u64().expect("seq")
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get_bytes(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let mut request = self.http.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("GET");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.bytes().await.unwrap().to_vec())
+    }
+
+    pub async fn ws(&self, path: &str) -> Ws {
+        Ws::connect(&self.ws_url(path)).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls `check` until it holds (10 s at most).
+pub async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Ws { stream }
+    }
+
+    /// Connects and returns the HTTP status of a refused handshake.
+    pub async fn connect_refused(url: &str) -> u16 {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => panic!("{url}: the handshake was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            Err(e) => panic!("{url}: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.stream
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.stream.send(message).await.unwrap();
+    }
+
+    /// The next server message (pings skipped), or a panic after 10 s.
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("a message within 10 s")
+    }
+
+    /// The next server message within `wait`, `None` if none came.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("JSON message"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Skips messages until one of type `kind`.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let message = self.recv().await;
+            if message["type"] == kind {
+                return message;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .expect("close within 10 s")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => return (CloseCode::Status.into(), String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return (1006, "no close frame".into()),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+
+    /// `subscribe` and wait for `subscribed`.
+    pub async fn subscribe(&mut self, channel: &str, extra: Value) -> Value {
+        let mut message = serde_json::json!({"type": "subscribe", "id": format!("sub-{channel}"), "channel": channel});
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                message[k] = v;
+            }
+        }
+        self.send(message).await;
+        self.recv_type("subscribed").await
+    }
+
+    /// Collects `event` messages until `count` arrived; other types are skipped.
+    pub async fn events(&mut self, count: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let message = self.recv().await;
+            if message["type"] == "event" {
+                out.push(message);
+            }
+        }
+        out
+    }
+}
+
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
