@@ -164,6 +164,25 @@ impl Event {
         ts_ms: u64,
         data: Box<RawValue>,
     ) -> Self {
+        Self::with_ts(
+            seq,
+            id,
+            channels,
+            event_type,
+            (ts_ms, format_ts(ts_ms)),
+            data,
+        )
+    }
+
+    /// As `new`, with the timestamp already formatted (a commit group shares one).
+    pub fn with_ts(
+        seq: u64,
+        id: String,
+        channels: Vec<Channel>,
+        event_type: String,
+        (ts_ms, ts): (u64, String),
+        data: Box<RawValue>,
+    ) -> Self {
         let frames = FrameCache::new(channels.len());
         Self {
             seq,
@@ -171,7 +190,7 @@ impl Event {
             channels,
             event_type,
             ts_ms,
-            ts: format_ts(ts_ms),
+            ts,
             data,
             parsed: OnceLock::new(),
             frames,

@@ -147,7 +147,31 @@ fn split_batch(value: Value) -> Result<(Vec<Value>, bool), ApiError> {
 
 /// Turns one publisher-written event into a `NewEvent`, or says exactly what is wrong.
 pub fn validate(input: EventInput) -> Result<NewEvent, ApiError> {
-    let names = match (input.channel, input.channels) {
+    let data = match input.data {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => Some(
+            RawValue::from_string(Value::Object(map).to_string())
+                .expect("a Value serializes to JSON"),
+        ),
+        Some(_) => return Err(ApiError::bad_request("`data` must be a JSON object")),
+    };
+    validate_parts(
+        input.channel,
+        input.channels,
+        input.event_type,
+        data,
+        input.id,
+    )
+}
+
+fn validate_parts(
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    event_type: String,
+    data: Option<Box<RawValue>>,
+    id: Option<String>,
+) -> Result<NewEvent, ApiError> {
+    let names = match (channel, channels) {
         (Some(one), None) => vec![one],
         (None, Some(many)) => many,
         (Some(_), Some(_)) => {
@@ -172,7 +196,6 @@ pub fn validate(input: EventInput) -> Result<NewEvent, ApiError> {
             channels.push(channel);
         }
     }
-    let event_type = input.event_type;
     if event_type.is_empty()
         || event_type.len() > MAX_EVENT_TYPE_LEN
         || event_type.chars().any(char::is_control)
@@ -181,24 +204,19 @@ pub fn validate(input: EventInput) -> Result<NewEvent, ApiError> {
             "`event_type` must be 1 to {MAX_EVENT_TYPE_LEN} printable characters"
         )));
     }
-    let data = match input.data {
-        None => Value::Object(Default::default()),
-        Some(Value::Object(map)) => Value::Object(map),
-        Some(_) => return Err(ApiError::bad_request("`data` must be a JSON object")),
-    };
-    if let Some(id) = &input.id {
+    if let Some(id) = &id {
         if id.is_empty() || id.len() > MAX_ID_LEN {
             return Err(ApiError::unprocessable(format!(
                 "`id` must be 1 to {MAX_ID_LEN} bytes"
             )));
         }
     }
-    let data = RawValue::from_string(data.to_string()).expect("a Value serializes to JSON");
+    let data = data.unwrap_or_else(|| RawValue::from_string("{}".into()).expect("valid JSON"));
     Ok(NewEvent {
         channels,
         event_type,
         data,
-        idempotency_key: input.id,
+        idempotency_key: id,
     })
 }
 
@@ -260,6 +278,22 @@ mod tests {
                 .unwrap();
         let mp = parse(BodyFormat::Msgpack, &mp).unwrap();
         assert_eq!(mp.events[0].data.get(), r#"{"k":[1,2]}"#);
+    }
+
+    #[test]
+    fn data_with_line_breaks_is_compacted_and_null_data_is_empty() {
+        let p = parse(
+            BodyFormat::Json,
+            b"{\"channel\":\"a/b\",\"event_type\":\"t\",\"data\":{\n \"x\": 1\n}}",
+        )
+        .unwrap();
+        assert_eq!(p.events[0].data.get(), r#"{"x":1}"#);
+        let p = parse(
+            BodyFormat::Json,
+            br#"{"channel":"a/b","event_type":"t","data":null}"#,
+        )
+        .unwrap();
+        assert_eq!(p.events[0].data.get(), "{}");
     }
 
     #[test]

@@ -11,12 +11,11 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{storage, Shared};
 use crate::{
-    event::{now_ms, Event, NewEvent},
+    event::{format_ts, now_ms, Event, NewEvent},
     log::{codec, AppendOutcome, AppendedGroup, LogError},
 };
 
@@ -115,12 +114,11 @@ fn commit(
         return Err(LogError::Poisoned(reason.clone()));
     }
     let ts_ms = now_ms().max(state.last_ts);
-    let head = shared.head.load(Ordering::Acquire);
-    let mut next_seq = head + 1;
-    let mut sled_batch = sled::Batch::default();
+    let ts = format_ts(ts_ms);
+    let first_seq = shared.head.load(Ordering::Acquire) + 1;
+    let mut next_seq = first_seq;
     let mut events: Vec<Arc<Event>> = Vec::new();
     let mut keys_in_group: HashMap<String, u64> = HashMap::new();
-    let mut touched: HashMap<String, codec::ChannelMeta> = HashMap::new();
     let mut outcomes = Vec::with_capacity(batches.len());
 
     for batch in batches {
@@ -134,37 +132,14 @@ fn commit(
                     });
                     continue;
                 }
+                keys_in_group.insert(key.clone(), next_seq);
             }
-            let seq = next_seq;
-            next_seq += 1;
-            let client_key = new.idempotency_key.clone();
-            let event = build_event(&shared.epoch, seq, ts_ms, new);
-            sled_batch.insert(&codec::event_key(seq), codec::encode_record(&event));
-            for channel in &event.channels {
-                sled_batch.insert(codec::channel_index_key(channel.as_str(), seq), &[]);
-                let meta = touched
-                    .entry(channel.as_str().to_string())
-                    .or_insert_with(|| {
-                        state
-                            .channels
-                            .get(channel.as_str())
-                            .copied()
-                            .unwrap_or_default()
-                    });
-                meta.retained += 1;
-            }
-            if let Some(key) = client_key {
-                sled_batch.insert(
-                    codec::idempotency_key(&key),
-                    &codec::encode_idempotency_value(seq, ts_ms),
-                );
-                sled_batch.insert(&codec::idempotency_order_key(seq), key.as_bytes());
-                keys_in_group.insert(key, seq);
-            }
+            let event = build_event(&shared.epoch, next_seq, (ts_ms, ts.clone()), new);
             batch_outcomes.push(AppendOutcome {
-                seq,
+                seq: next_seq,
                 duplicate: false,
             });
+            next_seq += 1;
             events.push(Arc::new(event));
         }
         outcomes.push(batch_outcomes);
@@ -172,8 +147,39 @@ fn commit(
     if events.is_empty() {
         return Ok(outcomes);
     }
+
+    let mut sled_batch = sled::Batch::default();
+    let mut touched: HashMap<&str, codec::ChannelMeta> = HashMap::new();
+    for chunk in chunks(&events) {
+        write_chunk(&mut sled_batch, chunk);
+        for event in chunk {
+            for channel in &event.channels {
+                let meta = touched.entry(channel.as_str()).or_insert_with(|| {
+                    state
+                        .channels
+                        .get(channel.as_str())
+                        .copied()
+                        .unwrap_or_default()
+                });
+                meta.retained += 1;
+            }
+        }
+    }
     for (channel, meta) in &touched {
         sled_batch.insert(codec::channel_meta_key(channel), &meta.encode());
+    }
+    if !keys_in_group.is_empty() {
+        let keys: Vec<String> = keys_in_group.keys().cloned().collect();
+        for (key, seq) in &keys_in_group {
+            sled_batch.insert(
+                codec::idempotency_key(key),
+                &codec::encode_idempotency_value(*seq, ts_ms),
+            );
+        }
+        sled_batch.insert(
+            &codec::idempotency_group_key(first_seq),
+            codec::encode_idempotency_group(ts_ms, &keys),
+        );
     }
 
     let written = shared
@@ -186,6 +192,10 @@ fn commit(
         state.poisoned = Some(e.to_string());
         return Err(storage(e));
     }
+    let touched: Vec<(String, codec::ChannelMeta)> = touched
+        .into_iter()
+        .map(|(channel, meta)| (channel.to_string(), meta))
+        .collect();
     state.channels.extend(touched);
     state.last_ts = ts_ms;
     shared.head.store(next_seq - 1, Ordering::Release);
@@ -193,6 +203,48 @@ fn commit(
     // Nobody may be listening (no connections yet): that is fine.
     let _ = shared.watch.send(Arc::new(AppendedGroup { events }));
     Ok(outcomes)
+}
+
+/// Splits a group into chunks of at most `MAX_CHUNK_EVENTS` events and about
+/// `MAX_CHUNK_BYTES` of records.
+fn chunks(events: &[Arc<Event>]) -> Vec<&[Arc<Event>]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, event) in events.iter().enumerate() {
+        if i > start && (i - start == codec::MAX_CHUNK_EVENTS || bytes >= codec::MAX_CHUNK_BYTES) {
+            out.push(&events[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += event.data.get().len() + event.event_type.len() + 32;
+    }
+    out.push(&events[start..]);
+    out
+}
+
+/// One chunk value, its reference count, and one index entry per channel it holds.
+fn write_chunk(sled_batch: &mut sled::Batch, chunk: &[Arc<Event>]) {
+    let first_seq = chunk[0].seq;
+    let mut builder = codec::ChunkBuilder::default();
+    let mut per_channel: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut refs = 0u64;
+    for event in chunk {
+        builder.push(event);
+        for channel in &event.channels {
+            per_channel
+                .entry(channel.as_str())
+                .or_default()
+                .push(event.seq);
+            refs += 1;
+        }
+    }
+    sled_batch.insert(&codec::chunk_key(first_seq), builder.finish());
+    sled_batch.insert(&codec::chunk_refs_key(first_seq), &codec::encode_u64(refs));
+    for (channel, seqs) in per_channel {
+        sled_batch.insert(
+            codec::channel_index_key(channel, seqs[0]),
+            codec::encode_index_entry(&seqs),
+        );
+    }
 }
 
 fn find_key(
@@ -213,11 +265,10 @@ fn find_key(
     }
 }
 
-fn build_event(epoch: &str, seq: u64, ts_ms: u64, new: NewEvent) -> Event {
+fn build_event(epoch: &str, seq: u64, ts: (u64, String), new: NewEvent) -> Event {
     // Ids the server makes (`epoch-seq`) get no idempotency entry: no client sent them.
     let id = new
         .idempotency_key
         .unwrap_or_else(|| format!("{epoch}-{seq}"));
-    let data: Box<RawValue> = new.data;
-    Event::new(seq, id, new.channels, new.event_type, ts_ms, data)
+    Event::with_ts(seq, id, new.channels, new.event_type, ts, new.data)
 }

@@ -171,14 +171,14 @@ fn recover(tree: &sled::Tree) -> Result<(u64, WriteState), LogError> {
         None => 0,
     };
     let last = tree
-        .scan_prefix([codec::PREFIX_EVENT])
+        .scan_prefix([codec::PREFIX_CHUNK])
         .next_back()
         .transpose()
         .map_err(storage)?;
     let (last_seq, last_ts) = match last {
         Some((key, value)) => {
-            let seq = codec::seq_from_event_key(&key)?;
-            (seq, codec::decode_record(seq, &value)?.ts_ms)
+            let chunk = codec::ChunkView::parse(codec::seq_from_key(&key)?, &value)?;
+            (chunk.last_seq(), chunk.ts_ms(chunk.last_seq())?)
         }
         None => (0, 0),
     };
@@ -198,16 +198,77 @@ fn recover(tree: &sled::Tree) -> Result<(u64, WriteState), LogError> {
     Ok((last_seq.max(removed_upto), state))
 }
 
+/// Reads events by seq, keeping the last chunk it opened: consecutive seqs mostly share one.
+struct ChunkReader<'a> {
+    tree: &'a sled::Tree,
+    current: Option<(u64, sled::IVec)>,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Self {
+            tree,
+            current: None,
+        }
+    }
+
+    /// The chunk holding `seq`, if it is still stored.
+    fn chunk(&mut self, seq: u64) -> Result<Option<codec::ChunkView<'_>>, LogError> {
+        let cached = match &self.current {
+            Some((first, bytes)) => codec::ChunkView::parse(*first, bytes)?.contains(seq),
+            None => false,
+        };
+        if !cached {
+            let found = self
+                .tree
+                .range(codec::chunk_key(0)..=codec::chunk_key(seq))
+                .next_back()
+                .transpose()
+                .map_err(storage)?;
+            self.current = match found {
+                Some((key, bytes)) => Some((codec::seq_from_key(&key)?, bytes)),
+                None => None,
+            };
+        }
+        match &self.current {
+            Some((first, bytes)) => {
+                let view = codec::ChunkView::parse(*first, bytes)?;
+                Ok(view.contains(seq).then_some(view))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn event(&mut self, seq: u64) -> Result<Option<Event>, LogError> {
+        match self.chunk(seq)? {
+            Some(view) => view.event(seq).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 impl Shared {
     fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
     }
 
-    fn read_event(&self, seq: u64) -> Result<Option<Event>, LogError> {
-        match self.tree.get(codec::event_key(seq)).map_err(storage)? {
-            Some(bytes) => codec::decode_record(seq, &bytes).map(Some),
-            None => Ok(None),
-        }
+    /// Index entries of a channel, in seq order, starting with the one that may hold
+    /// `after + 1` (an entry's key is its first seq, so it can start before `after`).
+    fn index_entries(
+        &self,
+        channel: &str,
+        after: u64,
+    ) -> Result<impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>, LogError> {
+        let prefix = codec::channel_index_prefix(channel);
+        let wanted = codec::channel_index_key(channel, after.saturating_add(1));
+        let start = match self.tree.range(prefix.clone()..wanted.clone()).next_back() {
+            Some(item) => item.map_err(storage)?.0.to_vec(),
+            None => wanted,
+        };
+        Ok(self.tree.range(start..).take_while(move |item| match item {
+            Ok((key, _)) => key.starts_with(&prefix),
+            Err(_) => true,
+        }))
     }
 
     /// Seqs of one channel in `(after, until]`, ascending, at most `limit`.
@@ -218,15 +279,20 @@ impl Shared {
         until: u64,
         limit: usize,
     ) -> Result<Vec<u64>, LogError> {
-        if after >= until || after == u64::MAX {
-            return Ok(Vec::new());
-        }
-        let start = codec::channel_index_key(channel, after + 1);
-        let end = codec::channel_index_key(channel, until);
         let mut seqs = Vec::new();
-        for item in self.tree.range(start..=end).take(limit) {
-            let (key, _) = item.map_err(storage)?;
-            seqs.push(codec::seq_from_index_key(&key)?);
+        if after >= until || limit == 0 {
+            return Ok(seqs);
+        }
+        for item in self.index_entries(channel, after)? {
+            let (key, value) = item.map_err(storage)?;
+            for seq in codec::decode_index_entry(codec::seq_from_key(&key)?, &value)? {
+                if seq > until || seqs.len() == limit {
+                    return Ok(seqs);
+                }
+                if seq > after {
+                    seqs.push(seq);
+                }
+            }
         }
         Ok(seqs)
     }
@@ -242,11 +308,12 @@ impl Shared {
             seqs.dedup();
         }
         seqs.truncate(range.limit);
+        let mut reader = ChunkReader::new(&self.tree);
         let mut events = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            // Retention may remove an event between the index scan and this read: the
-            // event is then gone for every reader, which is what retention promises.
-            if let Some(event) = self.read_event(seq)? {
+            // A chunk retention removed between the index scan and this read is gone for
+            // every reader, which is what retention promises.
+            if let Some(event) = reader.event(seq)? {
                 events.push(Arc::new(event));
             }
         }

@@ -1,14 +1,16 @@
 //! Retention: a background thread that, every second, removes what the configured limits no
-//! longer keep (the oldest events of a channel past `max_events_per_channel`, events older
-//! than `max_age_secs`) and idempotency keys past their window.
+//! longer keep — the oldest events of a channel past `max_events_per_channel`, events older
+//! than `max_age_secs` — and idempotency keys past their window.
 //!
-//! An event stored in several channels is removed from each channel's index on its own; its
-//! record goes only when no channel still indexes it. Every removal raises the channel's
-//! `removed_upto` (so a cursor below it is known to have lost events) and the log-wide `g`
-//! key (so the head never falls back, even if retention empties the log).
+//! Events leave a channel by being dropped from its index entries; nothing reads an event
+//! but through an index, so an unindexed event is never served. Each chunk counts the index
+//! references into it (`r` keys); a chunk whose count reaches zero is deleted. Every removal
+//! raises the channel's `removed_upto` (so a cursor below it is known to have lost events),
+//! and every deleted chunk raises the log-wide `g` key (so the head never falls back, even
+//! when retention empties the log).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{mpsc, Arc},
     time::Duration,
 };
@@ -21,8 +23,8 @@ use crate::{
 };
 
 const PASS_INTERVAL: Duration = Duration::from_secs(1);
-/// Removals per sled batch: keeps each write (and the write lock) short.
-const MAX_REMOVALS_PER_BATCH: usize = 10_000;
+/// Index references dropped per sled batch: keeps each write (and the write lock) short.
+const MAX_REMOVALS_PER_BATCH: usize = 50_000;
 /// Idempotency keys are kept while they are within this many events of the head...
 const IDEMPOTENCY_MIN_EVENTS: u64 = 100_000;
 /// ...or younger than this.
@@ -57,161 +59,236 @@ pub(super) fn spawn(shared: Arc<Shared>, config: RetentionConfig) -> Result<Hand
     Ok(Handle { stop, thread })
 }
 
-/// One full pass: loops until nothing more is due.
+/// One full pass.
 pub(super) fn enforce(shared: &Shared, config: &RetentionConfig, now: u64) -> Result<(), LogError> {
-    if config.max_age_secs > 0 {
-        let cutoff = now.saturating_sub(config.max_age_secs * 1000);
-        while remove_older_than(shared, cutoff)? == MAX_REMOVALS_PER_BATCH {}
-    }
-    if config.max_events_per_channel > 0 {
-        trim_channels(shared, config.max_events_per_channel)?;
-    }
-    prune_idempotency_keys(shared, now)?;
-    Ok(())
-}
-
-/// Index entries to drop, per channel, in ascending seq order.
-type Removals = HashMap<String, Vec<u64>>;
-
-fn remove_older_than(shared: &Shared, cutoff_ms: u64) -> Result<usize, LogError> {
-    let head = shared.head();
-    let mut removals: Removals = HashMap::new();
-    let mut records = Vec::new();
-    for item in shared.tree.scan_prefix([codec::PREFIX_EVENT]) {
-        let (key, value) = item.map_err(storage)?;
-        let seq = codec::seq_from_event_key(&key)?;
-        if seq > head || records.len() == MAX_REMOVALS_PER_BATCH {
-            break;
-        }
-        let event = codec::decode_record(seq, &value)?;
-        if event.ts_ms >= cutoff_ms {
-            break;
-        }
-        for channel in &event.channels {
-            removals
-                .entry(channel.as_str().to_string())
-                .or_default()
-                .push(seq);
-        }
-        records.push(seq);
-    }
-    let removed = records.len();
-    apply(shared, removals, records)?;
-    Ok(removed)
-}
-
-fn trim_channels(shared: &Shared, keep: u64) -> Result<(), LogError> {
-    let over: Vec<(String, u64)> = {
+    let channels: Vec<(String, u64)> = {
         let state = shared.write.lock().expect("write lock");
         state
             .channels
             .iter()
-            .filter(|(_, meta)| meta.retained > keep)
-            .map(|(name, meta)| (name.clone(), meta.retained - keep))
+            .map(|(name, meta)| (name.clone(), meta.retained))
             .collect()
     };
-    let mut removals: Removals = HashMap::new();
-    let mut pending = 0;
-    for (channel, excess) in over {
-        let seqs = shared.channel_seqs(&channel, 0, u64::MAX, excess as usize)?;
-        pending += seqs.len();
-        removals.insert(channel, seqs);
-        if pending >= MAX_REMOVALS_PER_BATCH {
-            let records = orphaned_records(shared, &removals)?;
-            apply(shared, std::mem::take(&mut removals), records)?;
-            pending = 0;
+    let age_cut = if config.max_age_secs > 0 {
+        last_seq_older_than(shared, now.saturating_sub(config.max_age_secs * 1000))?
+    } else {
+        0
+    };
+    let mut pass = Removal::default();
+    for (channel, retained) in channels {
+        let excess = match config.max_events_per_channel {
+            0 => 0,
+            keep => retained.saturating_sub(keep),
+        };
+        if excess == 0 && age_cut == 0 {
+            continue;
+        }
+        trim_channel(shared, &channel, excess, age_cut, &mut pass)?;
+        if pass.dropped >= MAX_REMOVALS_PER_BATCH {
+            apply(shared, std::mem::take(&mut pass))?;
         }
     }
-    let records = orphaned_records(shared, &removals)?;
-    apply(shared, removals, records)
+    apply(shared, pass)?;
+    prune_idempotency_keys(shared, now)
 }
 
-/// Records whose every channel index entry is among `removals` (or already gone).
-fn orphaned_records(shared: &Shared, removals: &Removals) -> Result<Vec<u64>, LogError> {
-    let removing: HashSet<(&str, u64)> = removals
-        .iter()
-        .flat_map(|(channel, seqs)| seqs.iter().map(move |seq| (channel.as_str(), *seq)))
-        .collect();
-    let mut candidates: Vec<u64> = removals.values().flatten().copied().collect();
-    candidates.sort_unstable();
-    candidates.dedup();
-    let mut orphaned = Vec::new();
-    for seq in candidates {
-        let Some(event) = shared.read_event(seq)? else {
+/// The last seq appended before `cutoff_ms` (0 if none). Timestamps never decrease with
+/// seq, so age retention removes a prefix of the log.
+fn last_seq_older_than(shared: &Shared, cutoff_ms: u64) -> Result<u64, LogError> {
+    let head = shared.head();
+    let mut cut = 0;
+    for item in shared.tree.scan_prefix([codec::PREFIX_CHUNK]) {
+        let (key, bytes) = item.map_err(storage)?;
+        let chunk = codec::ChunkView::parse(codec::seq_from_key(&key)?, &bytes)?;
+        if chunk.first_seq > head {
+            break;
+        }
+        if chunk.ts_ms(chunk.last_seq())? < cutoff_ms {
+            cut = chunk.last_seq();
             continue;
-        };
-        let mut still_indexed = false;
-        for channel in &event.channels {
-            if removing.contains(&(channel.as_str(), seq)) {
-                continue;
-            }
-            let key = codec::channel_index_key(channel.as_str(), seq);
-            if shared.tree.contains_key(key).map_err(storage)? {
-                still_indexed = true;
+        }
+        for seq in chunk.first_seq..=chunk.last_seq() {
+            if chunk.ts_ms(seq)? >= cutoff_ms {
                 break;
             }
+            cut = seq;
         }
-        if !still_indexed {
-            orphaned.push(seq);
-        }
+        break;
     }
-    Ok(orphaned)
+    Ok(cut.min(head))
 }
 
-fn apply(shared: &Shared, removals: Removals, records: Vec<u64>) -> Result<(), LogError> {
-    if removals.is_empty() && records.is_empty() {
+/// What one pass removes, gathered before it is written in one batch.
+#[derive(Default)]
+struct Removal {
+    batch: sled::Batch,
+    /// channel -> (references dropped, highest seq dropped)
+    channels: HashMap<String, (u64, u64)>,
+    /// chunk first seq -> references dropped
+    chunk_refs: BTreeMap<u64, u64>,
+    dropped: usize,
+}
+
+/// Drops from `channel` its oldest `count` events and every event at or below `upto`.
+fn trim_channel(
+    shared: &Shared,
+    channel: &str,
+    count: u64,
+    upto: u64,
+    pass: &mut Removal,
+) -> Result<(), LogError> {
+    let mut left = count;
+    let mut chunk_of = ChunkLocator::new(shared);
+    let (mut dropped, mut highest) = (0u64, 0u64);
+    for item in shared.index_entries(channel, 0)? {
+        let (key, value) = item.map_err(storage)?;
+        let seqs = codec::decode_index_entry(codec::seq_from_key(&key)?, &value)?;
+        let keep_from = seqs
+            .iter()
+            .position(|seq| {
+                if left > 0 || *seq <= upto {
+                    left = left.saturating_sub(1);
+                    false
+                } else {
+                    true
+                }
+            })
+            .unwrap_or(seqs.len());
+        if keep_from == 0 {
+            break;
+        }
+        for seq in &seqs[..keep_from] {
+            *pass
+                .chunk_refs
+                .entry(chunk_of.first_seq(*seq)?)
+                .or_default() += 1;
+        }
+        dropped += keep_from as u64;
+        highest = seqs[keep_from - 1];
+        pass.batch.remove(key);
+        if keep_from < seqs.len() {
+            let rest = &seqs[keep_from..];
+            pass.batch.insert(
+                codec::channel_index_key(channel, rest[0]),
+                codec::encode_index_entry(rest),
+            );
+            break;
+        }
+    }
+    if dropped > 0 {
+        pass.channels
+            .insert(channel.to_string(), (dropped, highest));
+        pass.dropped += dropped as usize;
+    }
+    Ok(())
+}
+
+/// Finds the chunk holding a seq; consecutive seqs mostly share one, so it remembers it.
+struct ChunkLocator<'a> {
+    shared: &'a Shared,
+    current: Option<(u64, u64)>,
+}
+
+impl<'a> ChunkLocator<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            current: None,
+        }
+    }
+
+    fn first_seq(&mut self, seq: u64) -> Result<u64, LogError> {
+        if let Some((first, last)) = self.current {
+            if (first..=last).contains(&seq) {
+                return Ok(first);
+            }
+        }
+        let (key, bytes) = self
+            .shared
+            .tree
+            .range(codec::chunk_key(0)..=codec::chunk_key(seq))
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .ok_or_else(|| LogError::Corrupt(format!("indexed seq {seq} has no chunk")))?;
+        let chunk = codec::ChunkView::parse(codec::seq_from_key(&key)?, &bytes)?;
+        if !chunk.contains(seq) {
+            return Err(LogError::Corrupt(format!("indexed seq {seq} has no chunk")));
+        }
+        self.current = Some((chunk.first_seq, chunk.last_seq()));
+        Ok(chunk.first_seq)
+    }
+}
+
+fn apply(shared: &Shared, mut pass: Removal) -> Result<(), LogError> {
+    if pass.channels.is_empty() {
         return Ok(());
     }
     let mut state = shared.write.lock().expect("write lock");
-    let mut batch = sled::Batch::default();
-    let mut metas = HashMap::new();
-    for (channel, seqs) in &removals {
-        let Some(&last) = seqs.last() else { continue };
-        let mut meta = state.channels.get(channel).copied().unwrap_or_default();
-        meta.retained = meta.retained.saturating_sub(seqs.len() as u64);
-        meta.removed_upto = meta.removed_upto.max(last);
-        for seq in seqs {
-            batch.remove(codec::channel_index_key(channel, *seq));
-        }
-        batch.insert(codec::channel_meta_key(channel), &meta.encode());
-        metas.insert(channel.clone(), meta);
-    }
     let mut removed_upto = state.removed_upto;
-    for seq in &records {
-        batch.remove(&codec::event_key(*seq));
-        removed_upto = removed_upto.max(*seq);
+    for (first_seq, dropped) in &pass.chunk_refs {
+        let key = codec::chunk_refs_key(*first_seq);
+        let refs = match shared.tree.get(key).map_err(storage)? {
+            Some(v) => codec::decode_u64(&v)?,
+            None => {
+                return Err(LogError::Corrupt(format!(
+                    "chunk {first_seq} has no reference count"
+                )))
+            }
+        };
+        let left = refs.saturating_sub(*dropped);
+        if left == 0 {
+            let chunk_key = codec::chunk_key(*first_seq);
+            if let Some(bytes) = shared.tree.get(chunk_key).map_err(storage)? {
+                removed_upto =
+                    removed_upto.max(codec::ChunkView::parse(*first_seq, &bytes)?.last_seq());
+            }
+            pass.batch.remove(&chunk_key);
+            pass.batch.remove(&key);
+        } else {
+            pass.batch.insert(&key, &codec::encode_u64(left));
+        }
     }
-    batch.insert(codec::KEY_REMOVED_UPTO, &codec::encode_u64(removed_upto));
-    shared.tree.apply_batch(batch).map_err(storage)?;
+    let mut metas = Vec::new();
+    for (channel, (dropped, highest)) in &pass.channels {
+        let mut meta = state.channels.get(channel).copied().unwrap_or_default();
+        meta.retained = meta.retained.saturating_sub(*dropped);
+        meta.removed_upto = meta.removed_upto.max(*highest);
+        pass.batch
+            .insert(codec::channel_meta_key(channel), &meta.encode());
+        metas.push((channel.clone(), meta));
+    }
+    pass.batch
+        .insert(codec::KEY_REMOVED_UPTO, &codec::encode_u64(removed_upto));
+    shared.tree.apply_batch(pass.batch).map_err(storage)?;
     state.channels.extend(metas);
     state.removed_upto = removed_upto;
     Ok(())
 }
 
 /// Drops idempotency keys that are both more than 100 000 events behind the head and older
-/// than 24 hours. `j` keys are in seq order, so the scan stops at the first one still kept.
+/// than 24 hours. `j` entries are in seq order, so the scan stops at the first one kept.
 fn prune_idempotency_keys(shared: &Shared, now: u64) -> Result<(), LogError> {
     let head = shared.head();
     let mut batch = sled::Batch::default();
-    let mut count = 0;
-    for item in shared.tree.scan_prefix([codec::PREFIX_IDEMPOTENCY_ORDER]) {
-        let (order_key, key) = item.map_err(storage)?;
-        let seq = codec::decode_u64(&order_key[1..])?;
-        if head.saturating_sub(seq) <= IDEMPOTENCY_MIN_EVENTS || count == MAX_REMOVALS_PER_BATCH {
+    let mut pruned = 0;
+    for item in shared.tree.scan_prefix([codec::PREFIX_IDEMPOTENCY_GROUP]) {
+        let (group_key, value) = item.map_err(storage)?;
+        let first_seq = codec::seq_from_key(&group_key)?;
+        let (ts_ms, keys) = codec::decode_idempotency_group(&value)?;
+        if head.saturating_sub(first_seq) <= IDEMPOTENCY_MIN_EVENTS
+            || now.saturating_sub(ts_ms) <= IDEMPOTENCY_MIN_AGE_MS
+            || pruned >= MAX_REMOVALS_PER_BATCH
+        {
             break;
         }
-        let idem_key = [&[codec::PREFIX_IDEMPOTENCY][..], &key].concat();
-        if let Some(value) = shared.tree.get(&idem_key).map_err(storage)? {
-            let (_, ts_ms) = codec::decode_idempotency_value(&value)?;
-            if now.saturating_sub(ts_ms) <= IDEMPOTENCY_MIN_AGE_MS {
-                break;
-            }
-            batch.remove(idem_key);
+        for key in &keys {
+            batch.remove(codec::idempotency_key(key));
         }
-        batch.remove(order_key);
-        count += 1;
+        pruned += keys.len();
+        batch.remove(group_key);
     }
-    if count > 0 {
+    if pruned > 0 {
         shared.tree.apply_batch(batch).map_err(storage)?;
     }
     Ok(())
