@@ -3,3 +3,8 @@
 mod support;
 
 mod delivery;
+mod durability;
+mod errors;
+mod history;
+mod resume;
+mod retention;

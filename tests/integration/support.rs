@@ -121,8 +121,13 @@ impl Server {
 
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        self.wait_exit()
+    }
+
+    /// Waits (20 s at most) for the process to exit by itself, e.g. after a signal.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        signal(child.id(), "TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -134,6 +139,38 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A cloneable HTTP handle for tasks that publish concurrently.
+    pub fn http(&self) -> Http {
+        Http {
+            base: self.url(""),
+            client: self.http.clone(),
+        }
+    }
+
+    /// The log head as `/health` reports it.
+    pub async fn head(&self) -> u64 {
+        let health = self.health().await.expect("health");
+        health["head"].as_u64().expect("head")
+    }
+
+    /// Every retained event of `channel`, walking the history pages (bounded).
+    pub async fn history_all(&self, channel: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut since = "0".to_string();
+        for _ in 0..10_000 {
+            let path = format!("/api/v1/channels/{channel}/events?since={since}&limit=1000");
+            let (status, page) = self.get_json(&path).await;
+            assert_eq!(status, 200, "{path}: {page}");
+            let events = page["events"].as_array().expect("events").clone();
+            if events.is_empty() {
+                return out;
+            }
+            since = page["next"].as_str().expect("next").to_string();
+            out.extend(events);
+        }
+        panic!("history of {channel} did not end");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -224,6 +261,31 @@ impl Server {
     }
 }
 
+/// Publishing over HTTP from spawned tasks; errors (a killed server) are returned, not panics.
+#[derive(Clone)]
+pub struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    pub async fn publish(&self, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/events", self.base))
+            .json(body)
+            .timeout(WAIT)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
@@ -311,6 +373,30 @@ impl Ws {
         }
     }
 
+    /// The next server message or the close that ended the connection (10 s at most).
+    pub async fn recv_or_close(&mut self) -> Incoming {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .expect("a message or a close within 10 s");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Incoming::Message(serde_json::from_str(&text).expect("JSON message"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Incoming::Closed(u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Incoming::Closed(CloseCode::Status.into(), String::new())
+                }
+                Some(Err(_)) | None => return Incoming::Closed(1006, "no close frame".into()),
+                Some(Ok(other)) => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
     /// Skips messages until one of type `kind`.
     pub async fn recv_type(&mut self, kind: &str) -> Value {
         loop {
@@ -366,6 +452,13 @@ impl Ws {
         }
         out
     }
+}
+
+/// What `Ws::recv_or_close` read.
+#[derive(Debug)]
+pub enum Incoming {
+    Message(Value),
+    Closed(u16, String),
 }
 
 pub fn seqs(events: &[Value]) -> Vec<u64> {
