@@ -45,6 +45,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub storage: StorageConfig,
     pub delivery: DeliveryConfig,
+    pub shutdown: ShutdownConfig,
     pub high_frequency: Vec<HighFrequencyRule>,
 }
 
@@ -59,6 +60,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             storage: StorageConfig::default(),
             delivery: DeliveryConfig::default(),
+            shutdown: ShutdownConfig::default(),
             high_frequency: Vec::new(),
         }
     }
@@ -183,6 +185,22 @@ impl Default for DeliveryConfig {
             queue_capacity: 256,
             catch_up_page: 512,
             write_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long open connections get to receive their 1001 close before the
+    /// log is flushed and the process exits.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_secs: 5,
         }
     }
 }

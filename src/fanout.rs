@@ -11,26 +11,50 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
 };
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::{
     event::{Channel, BROADCAST_CHANNEL},
     log::AppendedGroup,
+    metrics::METRICS,
 };
 
 pub type ConnectionId = u64;
 
-/// What the hub keeps of a connection: the sending side of its queue, and its lag flag.
+/// Who a connection is, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub client_id: String,
+    pub user: String,
+    pub remote_addr: Option<SocketAddr>,
+    pub connected_at_ms: u64,
+}
+
+/// Counters a connection's writer keeps up to date.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub messages_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+/// What the hub keeps of a connection: the sending side of its queue, its lag flag, and
+/// what the admin API shows and does.
 pub struct ConnectionHandle {
     pub id: ConnectionId,
     pub client_id: String,
     pub user: String,
+    pub info: ConnectionInfo,
+    pub stats: Arc<ConnectionStats>,
+    /// Set by an administrator's disconnect; the session closes with this reason.
+    kick_reason: Mutex<Option<String>>,
+    kicked: Notify,
     queue: mpsc::Sender<Arc<AppendedGroup>>,
     lagged: AtomicBool,
     /// Number of the last group offered, so a group with several of the connection's
@@ -42,6 +66,22 @@ impl ConnectionHandle {
     /// Takes the lag flag down and says whether it was up.
     pub fn take_lagged(&self) -> bool {
         self.lagged.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks the session to close with `reason`.
+    pub fn kick(&self, reason: String) {
+        *self.kick_reason.lock().expect("kick reason") = Some(reason);
+        self.kicked.notify_one();
+    }
+
+    /// Resolves once the connection was kicked; the reason it was given.
+    pub async fn kicked(&self) -> String {
+        self.kicked.notified().await;
+        self.kick_reason
+            .lock()
+            .expect("kick reason")
+            .clone()
+            .unwrap_or_default()
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -87,7 +127,10 @@ impl Hub {
         tokio::spawn(async move {
             loop {
                 match appends.recv().await {
-                    Ok(group) => hub.dispatch(&group),
+                    Ok(group) => {
+                        METRICS.group_appended(group.events.len(), group.durable_in);
+                        hub.dispatch(&group);
+                    }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(
                             missed,
@@ -104,15 +147,19 @@ impl Hub {
     /// Registers a connection; the receiver is its queue.
     pub fn connect(
         &self,
-        client_id: String,
-        user: String,
+        info: ConnectionInfo,
+        stats: Arc<ConnectionStats>,
         queue_capacity: usize,
     ) -> (Arc<ConnectionHandle>, mpsc::Receiver<Arc<AppendedGroup>>) {
         let (tx, rx) = mpsc::channel(queue_capacity);
         let handle = Arc::new(ConnectionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-            client_id,
-            user,
+            client_id: info.client_id.clone(),
+            user: info.user.clone(),
+            info,
+            stats,
+            kick_reason: Mutex::new(None),
+            kicked: Notify::new(),
             queue: tx,
             lagged: AtomicBool::new(false),
             last_group: AtomicU64::new(0),
@@ -176,6 +223,27 @@ impl Hub {
         self.read().connections.values().cloned().collect()
     }
 
+    pub fn find(&self, client_id: &str) -> Option<Arc<ConnectionHandle>> {
+        self.read()
+            .connections
+            .values()
+            .find(|c| c.client_id == client_id)
+            .cloned()
+    }
+
+    /// The channels a connection is registered for, sorted.
+    pub fn subscriptions_of(&self, id: ConnectionId) -> Vec<String> {
+        let registry = self.read();
+        let mut channels: Vec<String> = registry
+            .channels
+            .iter()
+            .filter(|(_, subscribers)| subscribers.contains_key(&id))
+            .map(|(channel, _)| channel.to_string())
+            .collect();
+        channels.sort();
+        channels
+    }
+
     fn dispatch(&self, group: &Arc<AppendedGroup>) {
         let group_no = self.groups_dispatched.fetch_add(1, Ordering::Relaxed) + 1;
         let registry = self.read();
@@ -217,25 +285,29 @@ mod tests {
     use crate::event::Event;
 
     fn group(seq: u64, channels: &[&str]) -> Arc<AppendedGroup> {
-        Arc::new(AppendedGroup {
-            events: vec![Arc::new(Event::new(
-                seq,
-                format!("{seq}"),
-                channels
-                    .iter()
-                    .map(|c| Channel::parse(c).unwrap())
-                    .collect(),
-                "t".into(),
-                0,
-                RawValue::from_string("{}".into()).unwrap(),
-            ))],
-        })
+        Arc::new(AppendedGroup::new(vec![Arc::new(Event::new(
+            seq,
+            format!("{seq}"),
+            channels
+                .iter()
+                .map(|c| Channel::parse(c).unwrap())
+                .collect(),
+            "t".into(),
+            0,
+            RawValue::from_string("{}".into()).unwrap(),
+        ))]))
     }
 
     #[test]
     fn offers_once_per_connection_and_flags_lag_when_full() {
         let hub = Hub::new();
-        let (conn, mut queue) = hub.connect("c".into(), "u".into(), 2);
+        let info = ConnectionInfo {
+            client_id: "c".into(),
+            user: "u".into(),
+            remote_addr: None,
+            connected_at_ms: 0,
+        };
+        let (conn, mut queue) = hub.connect(info, Default::default(), 2);
         let a = Channel::parse("arena/a").unwrap();
         let b = Channel::parse("arena/b").unwrap();
         hub.subscribe(&conn, &a);

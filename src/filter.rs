@@ -92,7 +92,7 @@ impl Filter {
 
     pub fn matches(&self, event: &Event) -> bool {
         if let Some(types) = &self.event_types {
-            if !types.iter().any(|t| *t == event.event_type) {
+            if !types.contains(&event.event_type) {
                 return false;
             }
         }

@@ -39,6 +39,7 @@ pub mod fanout;
 pub mod filter;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod protocol;
 pub mod publish;
 pub mod server;

@@ -15,9 +15,6 @@ use crate::{
     publish::Publisher,
 };
 
-/// How long open connections get to receive their 1001 close before the log is flushed.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot open the log: {0}")]
@@ -83,18 +80,29 @@ pub async fn serve_until(
     });
     tracing::info!(addr = %local, "streamlog listening on {local}");
 
-    let router = crate::http::router(state);
+    let router = crate::http::router(state.clone());
+    let drain_timeout = Duration::from_secs(state.config.shutdown.drain_timeout_secs);
     let graceful = async move {
         stop.await;
         tracing::info!("shutting down: no new connections, closing sockets with 1001");
         let _ = stopping_tx.send(true);
+        // A second signal means: do not wait. Every acknowledged event is already on disk,
+        // so exiting now loses nothing that was promised.
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second signal: exiting without waiting for connections");
+            std::process::exit(130);
+        });
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(graceful)
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful)
+    .await?;
 
     // Upgraded WebSockets are not tracked by the HTTP server: wait for the sessions.
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + drain_timeout;
     while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

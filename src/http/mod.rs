@@ -1,6 +1,7 @@
 //! HTTP routes: the router, `/health`, and helpers shared by the handlers (credentials,
 //! body reading, content negotiation). Handlers live in one file per resource.
 
+mod admin;
 mod events;
 
 use axum::{
@@ -18,6 +19,14 @@ use crate::{app::AppState, auth::Principal, error::ApiError, protocol};
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(admin::metrics))
+        .route("/api/v1/connections", get(admin::list_connections))
+        .route(
+            "/api/v1/connections/{client_id}",
+            axum::routing::delete(admin::disconnect),
+        )
+        .route("/api/v1/channels", get(admin::list_channels))
+        .route("/api/v1/broadcast", post(admin::broadcast))
         .route("/api/v1/events", post(events::publish))
         .route("/api/v1/channels/{kind}/{id}/events", get(events::history))
         .route("/ws", get(crate::ws::multiplexed))

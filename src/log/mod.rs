@@ -34,6 +34,38 @@ pub struct AppendOutcome {
 #[derive(Debug)]
 pub struct AppendedGroup {
     pub events: Vec<Arc<Event>>,
+    /// When the group became durable: live deliveries measure their latency from here.
+    pub durable_at: std::time::Instant,
+    /// How long writing and syncing the group took.
+    pub durable_in: std::time::Duration,
+}
+
+impl AppendedGroup {
+    pub fn new(events: Vec<Arc<Event>>) -> Self {
+        Self {
+            events,
+            durable_at: std::time::Instant::now(),
+            durable_in: Default::default(),
+        }
+    }
+}
+
+/// Size figures of the log, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    pub size_on_disk: u64,
+    /// Retained events, counted once per channel they are in.
+    pub retained_index_entries: u64,
+}
+
+/// One channel as the log knows it.
+#[derive(Debug, Clone)]
+pub struct ChannelSummary {
+    pub channel: String,
+    /// Seq of its newest retained event (0 when it holds none).
+    pub last_seq: u64,
+    pub retained: u64,
+    pub removed_upto: u64,
 }
 
 /// Where a channel stands in the log.
@@ -97,6 +129,11 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Every group appended from now on, in seq order, after it is durable.
     fn watch(&self) -> broadcast::Receiver<Arc<AppendedGroup>>;
+
+    /// Every channel that holds or held events.
+    fn channels(&self) -> BoxFuture<'_, Result<Vec<ChannelSummary>, LogError>>;
+
+    fn stats(&self) -> LogStats;
 
     /// Makes everything durable and stops taking appends.
     fn close(&self) -> BoxFuture<'_, Result<(), LogError>>;

@@ -12,12 +12,13 @@ mod subscriptions;
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{ConnectInfo, Path, Query, State},
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
@@ -25,6 +26,7 @@ use fastwebsockets::{upgrade::IncomingUpgrade, Role, WebSocket};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub use session::close;
 use session::{InitialSubscription, Session, SessionParams};
@@ -34,8 +36,10 @@ use crate::{
     app::AppState,
     error::ApiError,
     event::{now_ms, Channel},
+    fanout::{ConnectionInfo, ConnectionStats},
     filter::Filter,
     http::bearer_token,
+    metrics::METRICS,
     protocol::{Cursor, Format},
 };
 
@@ -45,24 +49,26 @@ const INBOUND_DEPTH: usize = 16;
 
 pub async fn multiplexed(
     State(app): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: IncomingUpgrade,
 ) -> Response {
-    accept(app, query, headers, None, upgrade).await
+    accept(app, remote, query, headers, Ok(None), upgrade).await
 }
 
 pub async fn single_channel(
     State(app): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path((kind, id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: IncomingUpgrade,
 ) -> Response {
-    match Channel::from_parts(&kind, &id) {
-        Ok(channel) => accept(app, query, headers, Some(channel), upgrade).await,
-        Err(e) => ApiError::from(e).into_response(),
-    }
+    let channel = Channel::from_parts(&kind, &id)
+        .map(Some)
+        .map_err(ApiError::from);
+    accept(app, remote, query, headers, channel, upgrade).await
 }
 
 /// The connection options of the query string.
@@ -120,33 +126,36 @@ fn parse_options(query: &HashMap<String, String>) -> Result<ConnectOptions, ApiE
 
 async fn accept(
     app: AppState,
+    remote: SocketAddr,
     query: HashMap<String, String>,
     headers: HeaderMap,
-    channel: Option<Channel>,
+    channel: Result<Option<Channel>, ApiError>,
     upgrade: IncomingUpgrade,
 ) -> Response {
-    let options = match parse_options(&query) {
-        Ok(options) => options,
-        Err(e) => return e.into_response(),
+    let options = match channel.and_then(|channel| Ok((channel, parse_options(&query)?))) {
+        Ok(parsed) => parsed,
+        Err(e) => return refuse(e, "-", remote),
     };
+    let (channel, options) = options;
     let token = query
         .get("token")
         .map(String::as_str)
         .or_else(|| bearer_token(&headers));
     let principal = match app.auth.authenticate(token) {
         Ok(principal) => principal,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(e, "-", remote),
     };
     if let Some(channel) = &channel {
         if !principal.can_subscribe(channel) {
-            return ApiError::forbidden(format!("the token does not grant subscribe on {channel}"))
-                .into_response();
+            let e = ApiError::forbidden(format!("the token does not grant subscribe on {channel}"));
+            return refuse(e, &principal.user, remote);
         }
     }
     let (response, upgraded) = match upgrade.upgrade() {
         Ok(parts) => parts,
         Err(e) => {
-            return ApiError::bad_request(format!("bad WebSocket upgrade: {e}")).into_response()
+            let e = ApiError::bad_request(format!("bad WebSocket upgrade: {e}"));
+            return refuse(e, &principal.user, remote);
         }
     };
     let limits = &app.config.limits;
@@ -185,7 +194,7 @@ async fn accept(
                 return;
             }
         };
-        run_connection(app, ws, params, initial, refusal).await;
+        run_connection(app, ws, params, initial, Admission { remote, refusal }).await;
     });
     response.into_response()
 }
@@ -195,7 +204,7 @@ async fn run_connection(
     ws: WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
     params: SessionParams,
     initial: Option<InitialSubscription>,
-    refusal: Option<&'static str>,
+    admission: Admission,
 ) {
     // Nothing has been read from the upgraded stream yet, so taking it out of the
     // WebSocket loses nothing; the writing half gets the gathering buffer.
@@ -203,17 +212,26 @@ async fn run_connection(
     let (read, write) =
         fastwebsockets::after_handshake_split(read_half, Gather::new(write_half), Role::Server);
     let timeout = Duration::from_secs(app.config.delivery.write_timeout_secs);
-    let mut sink = FrameSink::new(write, timeout);
-    if let Some(reason) = refusal {
+    let stats = Arc::new(ConnectionStats::default());
+    let mut sink = FrameSink::new(write, timeout, stats.clone());
+    let info = ConnectionInfo {
+        client_id: mint_client_id(),
+        user: params.principal.user.clone(),
+        remote_addr: Some(admission.remote),
+        connected_at_ms: now_ms(),
+    };
+    if let Some(reason) = admission.refusal {
+        audit_refused(&info.user, admission.remote, reason);
+        METRICS.connection_refused(close::TRY_AGAIN_LATER);
         sink.close(close::TRY_AGAIN_LATER, reason).await;
         return;
     }
-    let client_id = mint_client_id();
-    let (conn, queue) = app.hub.connect(
-        client_id,
-        params.principal.user.clone(),
-        app.config.delivery.queue_capacity,
-    );
+    let (conn, queue) = app
+        .hub
+        .connect(info, stats, app.config.delivery.queue_capacity);
+    tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, remote = %admission.remote, "connection accepted");
+    METRICS.connections_opened.inc();
+    METRICS.connections_active.inc();
     let last_seen_ms = Arc::new(AtomicU64::new(now_ms()));
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_DEPTH);
     let reader = reader::spawn(
@@ -222,7 +240,7 @@ async fn run_connection(
         inbound_tx,
         last_seen_ms.clone(),
     );
-    tracing::debug!(client_id = %conn.client_id, user = %conn.user, "connected");
+    let span = tracing::info_span!("connection", client_id = %conn.client_id, user = %conn.user);
     let session = Session::new(
         app.clone(),
         conn.clone(),
@@ -232,10 +250,30 @@ async fn run_connection(
         &params,
         last_seen_ms,
     );
-    session.run(initial).await;
+    let closed_with = session.run(initial).instrument(span).await;
     reader.abort();
     app.hub.disconnect(conn.id);
-    tracing::debug!(client_id = %conn.client_id, "disconnected");
+    METRICS.connections_active.dec();
+    let code = closed_with.map_or_else(|| "client".to_string(), |code| code.to_string());
+    METRICS.connection_closed(&code);
+    tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, close = %code, "connection closed");
+}
+
+/// Where a connection comes from, and why it must be closed at once, if it must.
+struct Admission {
+    remote: SocketAddr,
+    refusal: Option<&'static str>,
+}
+
+fn audit_refused(user: &str, remote: SocketAddr, reason: &str) {
+    tracing::info!(target: "streamlog::audit", %user, %remote, %reason, "connection refused");
+}
+
+/// Answers a refused handshake, with an audit line and a metric.
+fn refuse(error: ApiError, user: &str, remote: SocketAddr) -> Response {
+    audit_refused(user, remote, &error.message);
+    METRICS.connection_refused(error.status.as_u16());
+    error.into_response()
 }
 
 fn mint_client_id() -> String {

@@ -30,6 +30,7 @@ use crate::{
     fanout::ConnectionHandle,
     filter::Filter,
     log::{AppendedGroup, ChannelPosition, ReadRange},
+    metrics::METRICS,
     protocol::{
         self, ClientMessage, ErrorCode, Format, PublishMessage, ServerMessage, SubscribeMessage,
         SubscriptionInfo,
@@ -77,7 +78,8 @@ enum Flow {
 impl From<SinkError> for Flow {
     fn from(error: SinkError) -> Self {
         match error {
-            SinkError::Timeout => Flow::Close(close::LAGGING, "write timeout".into()),
+            // The close reason needs the cursor; `Session::lagging` fills it in.
+            SinkError::Timeout => Flow::Close(close::LAGGING, String::new()),
             SinkError::Socket(_) => Flow::End,
         }
     }
@@ -94,6 +96,9 @@ pub struct Session<W> {
     principal: Principal,
     publishes: Option<(mpsc::Sender<PublishRequest>, mpsc::Receiver<PublishAnswer>)>,
     last_seen_ms: Arc<AtomicU64>,
+    /// Live deliveries written into the sink since the last flush, per group: their latency
+    /// is measured once the flush has put them on the socket.
+    unflushed_live: Vec<(std::time::Instant, u64)>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> Session<W> {
@@ -117,18 +122,30 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             principal: params.principal.clone(),
             publishes: None,
             last_seen_ms,
+            unflushed_live: Vec::new(),
         }
     }
 
-    /// Runs the connection to its end; the caller unregisters it afterwards.
-    pub async fn run(mut self, initial: Option<InitialSubscription>) {
+    /// Runs the connection to its end; the caller unregisters it afterwards. Returns the
+    /// close code the server sent, `None` when the client closed or vanished.
+    pub async fn run(mut self, initial: Option<InitialSubscription>) -> Option<u16> {
         let flow = match self.open(initial).await {
             Ok(()) => self.serve().await,
             Err(flow) => flow,
         };
-        if let Flow::Close(code, reason) = flow {
-            tracing::debug!(client_id = %self.conn.client_id, code, %reason, "closing");
-            self.sink.close(code, &reason).await;
+        for sub in self.subs.listed() {
+            METRICS.subscription_removed(sub.channel.kind());
+        }
+        match flow {
+            Flow::Close(code, mut reason) => {
+                if code == close::LAGGING {
+                    reason = format!("lagging: resume from {}", self.subs.resume_cursor());
+                }
+                tracing::debug!(code, %reason, "closing");
+                self.sink.close(code, &reason).await;
+                Some(code)
+            }
+            Flow::End => None,
         }
     }
 
@@ -177,6 +194,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 Some(group) = self.queue.recv() => self.on_groups(group).await,
                 Some(answer) = next_answer(&mut self.publishes) => self.on_published(answer).await,
                 _ = ticks.tick() => self.on_heartbeat(timeout_ms).await,
+                reason = self.conn.kicked() => Err(Flow::Close(close::POLICY, reason)),
                 _ = std::future::ready(()), if catching_up => self.catch_up_step().await,
             };
             if let Err(flow) = step {
@@ -184,6 +202,9 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             }
             if let Err(error) = self.sink.flush().await {
                 return error.into();
+            }
+            for (durable_at, count) in self.unflushed_live.drain(..) {
+                METRICS.delivered_live(durable_at, count);
             }
         }
     }
@@ -338,6 +359,9 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             earliest: position.earliest,
         };
         self.send_control(&message).await?;
+        if !self.subs.contains(sub.channel.as_str()) {
+            METRICS.subscription_added(sub.channel.kind());
+        }
         self.subs
             .add(sub.channel, sub.filter, sub.filter_source, start);
         Ok(())
@@ -354,6 +378,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 .await;
         }
         let channel = Channel::parse(name).expect("subscribed channels are valid");
+        METRICS.subscription_removed(channel.kind());
         if channel.as_str() == BROADCAST_CHANNEL {
             // Broadcasts keep coming without a subscription, as for every connection.
             self.subs.add_implicit(channel.clone(), self.app.log.head());
@@ -436,12 +461,18 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     }
 
     async fn deliver_live(&mut self, group: &AppendedGroup) -> Result<(), Flow> {
+        let mut delivered = 0;
         for event in &group.events {
             if let Some(index) = self.subs.route_live(event) {
                 self.sink
                     .send(&protocol::event_frame(event, index, self.format))
                     .await?;
+                delivered += 1;
             }
+        }
+        if delivered > 0 {
+            METRICS.events_delivered.inc_by(delivered);
+            self.unflushed_live.push((group.durable_at, delivered));
         }
         Ok(())
     }
@@ -450,6 +481,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     fn recover_from_lag(&mut self) {
         while self.queue.try_recv().is_ok() {}
         self.subs.start_lag_recovery();
+        METRICS.lag_recoveries.inc();
         tracing::debug!(client_id = %self.conn.client_id, "queue overflowed; catching up from the log");
     }
 
@@ -459,12 +491,6 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             return Ok(());
         };
         let log = self.app.log.clone();
-        let position = log.position(&channel).await.map_err(internal)?;
-        if position.removed_upto > cursor {
-            // Retention removed events this connection had not received: it must know.
-            let reason = format!("lagging: resume from {}", self.subs.delivered_upto());
-            return Err(Flow::Close(close::LAGGING, reason));
-        }
         let head_before_read = log.head();
         let limit = self.app.config.delivery.catch_up_page;
         let channels = [channel.clone()];
@@ -475,6 +501,13 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             limit,
         };
         let page = log.read(range).await.map_err(internal)?;
+        // Checked after the read: retention raises `removed_upto` before it deletes, so a
+        // page that lost events to retention (before or during the read) is caught here.
+        let position = log.position(&channel).await.map_err(internal)?;
+        if position.removed_upto > cursor {
+            // Retention removed events this connection had not received: it must know.
+            return Err(Flow::Close(close::LAGGING, String::new()));
+        }
         for event in &page {
             if self.subs.route_catch_up(&channel, event) {
                 let index = event
@@ -483,6 +516,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 self.sink
                     .send(&protocol::event_frame(event, index, self.format))
                     .await?;
+                METRICS.events_delivered.inc();
             }
         }
         if page.len() < limit {
@@ -519,6 +553,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         message: &str,
         details: Option<Value>,
     ) -> Result<(), Flow> {
+        METRICS.error(code);
         self.send_control(&ServerMessage::Error {
             id,
             code,

@@ -12,10 +12,12 @@ use std::{
     time::Duration,
 };
 
+use std::sync::{atomic::Ordering, Arc};
+
 use fastwebsockets::{Frame, Payload, WebSocketError, WebSocketWrite};
 use tokio::io::AsyncWrite;
 
-use crate::protocol::OutFrame;
+use crate::{fanout::ConnectionStats, metrics::METRICS, protocol::OutFrame};
 
 /// Gathered bytes beyond which a burst is written out before more is added.
 const FLUSH_AT: usize = 64 * 1024;
@@ -33,17 +35,29 @@ pub enum SinkError {
 pub struct FrameSink<W> {
     ws: WebSocketWrite<Gather<W>>,
     timeout: Duration,
+    stats: Arc<ConnectionStats>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameSink<W> {
-    pub fn new(writer: WebSocketWrite<Gather<W>>, timeout: Duration) -> Self {
+    pub fn new(
+        writer: WebSocketWrite<Gather<W>>,
+        timeout: Duration,
+        stats: Arc<ConnectionStats>,
+    ) -> Self {
         Self {
             ws: writer,
             timeout,
+            stats,
         }
     }
 
+    /// Writes one server message (counted in the connection's and the server's totals).
     pub async fn send(&mut self, frame: &OutFrame) -> Result<(), SinkError> {
+        let bytes = frame.payload.len() as u64;
+        self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        METRICS.messages_sent.inc();
+        METRICS.bytes_sent.inc_by(bytes);
         let payload = Payload::Borrowed(&frame.payload);
         let frame = if frame.binary {
             Frame::binary(payload)

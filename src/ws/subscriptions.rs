@@ -210,12 +210,16 @@ impl Subscriptions {
         }
     }
 
-    /// Lowest cursor over all subscriptions: every event up to it was handled everywhere.
-    pub fn delivered_upto(&self) -> u64 {
-        self.by_channel
+    /// The cursor a client should resume from: the lowest over its own subscriptions (the
+    /// implicit broadcast one only moves with broadcasts, so it counts only when alone).
+    pub fn resume_cursor(&self) -> u64 {
+        let own = self
+            .by_channel
             .values()
+            .filter(|s| !s.implicit)
             .map(|s| s.cursor)
-            .min()
+            .min();
+        own.or_else(|| self.by_channel.values().map(|s| s.cursor).min())
             .unwrap_or(0)
     }
 }

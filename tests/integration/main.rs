@@ -6,5 +6,6 @@ mod delivery;
 mod durability;
 mod errors;
 mod history;
+mod operations;
 mod resume;
 mod retention;

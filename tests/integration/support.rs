@@ -27,6 +27,7 @@ pub struct Server {
     pub dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     config: Option<String>,
+    env: Vec<(String, String)>,
     pub output: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
 }
@@ -38,6 +39,11 @@ impl Server {
 
     /// Starts with this TOML configuration (may be empty).
     pub async fn start_with(config: &str) -> Server {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// Starts with this configuration and these extra environment variables.
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_path_buf();
         let mut server = Server {
@@ -46,6 +52,10 @@ impl Server {
             dir,
             _temp: Some(temp),
             config: (!config.is_empty()).then(|| config.to_string()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             output: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
         };
@@ -70,6 +80,7 @@ impl Server {
             .env_remove("STREAMLOG_LISTEN")
             .env_remove("STREAMLOG_DATA_DIR")
             .env_remove("STREAMLOG_AUTH_MODE")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(config) = &self.config {
@@ -88,7 +99,13 @@ impl Server {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if let Some(rest) = line.split("streamlog listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        // Plain or JSON log lines: the address is the run of address characters.
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| {
+                                c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')
+                            })
+                            .collect();
                         let _ = addr_tx.send(addr);
                     }
                     output.lock().unwrap().push(line);

@@ -109,6 +109,7 @@ fn commit(
     shared: &Shared,
     batches: Vec<Vec<NewEvent>>,
 ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+    let started = std::time::Instant::now();
     let mut state = shared.write.lock().expect("write lock");
     if let Some(reason) = &state.poisoned {
         return Err(LogError::Poisoned(reason.clone()));
@@ -201,7 +202,12 @@ fn commit(
     shared.head.store(next_seq - 1, Ordering::Release);
     drop(state);
     // Nobody may be listening (no connections yet): that is fine.
-    let _ = shared.watch.send(Arc::new(AppendedGroup { events }));
+    let durable_at = std::time::Instant::now();
+    let _ = shared.watch.send(Arc::new(AppendedGroup {
+        events,
+        durable_at,
+        durable_in: durable_at - started,
+    }));
     Ok(outcomes)
 }
 

@@ -24,7 +24,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     codec::{self, ChannelMeta},
-    AppendOutcome, AppendedGroup, BoxFuture, ChannelPosition, EventLog, LogError, ReadRange,
+    AppendOutcome, AppendedGroup, BoxFuture, ChannelPosition, ChannelSummary, EventLog, LogError,
+    LogStats, ReadRange,
 };
 use crate::{
     config::{RetentionConfig, StorageConfig},
@@ -320,6 +321,49 @@ impl Shared {
         Ok(events)
     }
 
+    fn last_seq(&self, channel: &str) -> Result<u64, LogError> {
+        let prefix = codec::channel_index_prefix(channel);
+        match self
+            .tree
+            .scan_prefix(&prefix)
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+        {
+            Some((key, value)) => Ok(codec::decode_index_entry(
+                codec::seq_from_key(&key)?,
+                &value,
+            )?
+            .last()
+            .copied()
+            .unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    fn channels(&self) -> Result<Vec<ChannelSummary>, LogError> {
+        let metas: Vec<(String, ChannelMeta)> = {
+            let state = self.write.lock().expect("write lock");
+            state
+                .channels
+                .iter()
+                .map(|(name, meta)| (name.clone(), *meta))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(metas.len());
+        for (channel, meta) in metas {
+            let last_seq = self.last_seq(&channel)?;
+            out.push(ChannelSummary {
+                channel,
+                last_seq,
+                retained: meta.retained,
+                removed_upto: meta.removed_upto,
+            });
+        }
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        Ok(out)
+    }
+
     fn position(&self, channel: &Channel) -> Result<ChannelPosition, LogError> {
         let head = self.head();
         let meta = self
@@ -383,6 +427,26 @@ impl EventLog for SledLog {
 
     fn watch(&self) -> broadcast::Receiver<Arc<AppendedGroup>> {
         self.shared.watch.subscribe()
+    }
+
+    fn channels(&self) -> BoxFuture<'_, Result<Vec<ChannelSummary>, LogError>> {
+        Box::pin(async move { self.shared.channels() })
+    }
+
+    fn stats(&self) -> LogStats {
+        let retained = self
+            .shared
+            .write
+            .lock()
+            .expect("write lock")
+            .channels
+            .values()
+            .map(|m| m.retained)
+            .sum();
+        LogStats {
+            size_on_disk: self.shared.db.size_on_disk().unwrap_or(0),
+            retained_index_entries: retained,
+        }
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), LogError>> {

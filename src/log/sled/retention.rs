@@ -260,8 +260,22 @@ fn apply(shared: &Shared, mut pass: Removal) -> Result<(), LogError> {
     }
     pass.batch
         .insert(codec::KEY_REMOVED_UPTO, &codec::encode_u64(removed_upto));
-    shared.tree.apply_batch(pass.batch).map_err(storage)?;
+    // Readers check `removed_upto` after reading a page, so it is raised *before* the
+    // deletion becomes visible: a page that lost events to this pass is always detected.
+    let previous: Vec<(String, Option<codec::ChannelMeta>)> = metas
+        .iter()
+        .map(|(channel, _)| (channel.clone(), state.channels.get(channel).copied()))
+        .collect();
     state.channels.extend(metas);
+    if let Err(e) = shared.tree.apply_batch(pass.batch) {
+        for (channel, meta) in previous {
+            match meta {
+                Some(meta) => state.channels.insert(channel, meta),
+                None => state.channels.remove(&channel),
+            };
+        }
+        return Err(storage(e));
+    }
     state.removed_upto = removed_upto;
     Ok(())
 }
