@@ -123,7 +123,7 @@ fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, ApiError
         limit,
         types,
         format,
-        epoch: query.get("epoch").cloned(),
+        epoch: query.get("epoch").filter(|e| !e.is_empty()).cloned(),
     })
 }
 

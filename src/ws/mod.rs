@@ -119,7 +119,7 @@ fn parse_options(query: &HashMap<String, String>) -> Result<ConnectOptions, ApiE
     Ok(ConnectOptions {
         format,
         since,
-        epoch: query.get("epoch").cloned(),
+        epoch: query.get("epoch").filter(|e| !e.is_empty()).cloned(),
         types,
     })
 }

@@ -322,7 +322,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         let initial = InitialSubscription {
             channel,
             since: m.since.map(|c| c.0),
-            epoch: m.epoch,
+            epoch: m.epoch.filter(|e| !e.is_empty()),
             filter,
             filter_source,
         };

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod chaos;
 mod delivery;
 mod durability;
 mod errors;
