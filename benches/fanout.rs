@@ -36,6 +36,7 @@ fn sent_us(text: &str) -> Option<u64> {
 struct Received {
     count: u64,
     latencies_us: Vec<u64>,
+    last_at: Option<Instant>,
 }
 
 async fn subscriber(
@@ -55,10 +56,16 @@ async fn subscriber(
     let mut received = Received {
         count: 0,
         latencies_us: Vec::with_capacity(16_384),
+        last_at: None,
     };
     loop {
+        if received.count >= expected.load(std::sync::atomic::Ordering::Acquire) {
+            break;
+        }
         let frame = tokio::select! {
             frame = ws.next() => frame,
+            // Re-check the expected count now and then: it is known only once publishing ends.
+            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             _ = stop_at.notified() => break,
         };
         let Some(Ok(Message::Text(text))) = frame else {
@@ -67,6 +74,7 @@ async fn subscriber(
         if let Some(sent) = sent_us(&text) {
             received.count += 1;
             received.latencies_us.push(now_us().saturating_sub(sent));
+            received.last_at = Some(Instant::now());
             if received.count >= expected.load(std::sync::atomic::Ordering::Acquire) {
                 break;
             }
@@ -133,12 +141,15 @@ async fn run_case(subscribers: usize, rate: u64, secs: u64) {
     });
     let mut latencies = Vec::new();
     let mut delivered = 0;
+    let mut last_delivery = started;
     for task in tasks {
         let r = task.await.unwrap();
         delivered += r.count;
         latencies.extend(r.latencies_us);
+        last_delivery = last_delivery.max(r.last_at.unwrap_or(started));
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    // Deliveries per second over the time it took to deliver everything.
+    let elapsed = (last_delivery - started).as_secs_f64();
     drain.abort();
     latencies.sort_unstable();
     let pct = |p: f64| {

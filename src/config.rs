@@ -156,6 +156,9 @@ pub struct StorageConfig {
     pub cache_capacity_mb: u64,
     /// How many events one group commit may hold at most (one fsync for all of them).
     pub max_group_events: usize,
+    /// Recent events kept in memory, decoded and with their frames, for resumes and slow
+    /// readers; 0 reads everything from disk.
+    pub recent_events_cached: usize,
 }
 
 impl Default for StorageConfig {
@@ -163,6 +166,7 @@ impl Default for StorageConfig {
         Self {
             cache_capacity_mb: 256,
             max_group_events: 16_384,
+            recent_events_cached: 65_536,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`EventLog::watch`] yields every appended group, in seq order, after it is durable.
 
 pub mod codec;
+pub mod recent;
 pub mod sled;
 
 use std::{future::Future, pin::Pin, sync::Arc};

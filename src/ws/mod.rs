@@ -34,6 +34,7 @@ use sink::{FrameSink, Gather};
 
 use crate::{
     app::AppState,
+    config::AuthMode,
     error::ApiError,
     event::{now_ms, Channel},
     fanout::{ConnectionInfo, ConnectionStats},
@@ -161,7 +162,10 @@ async fn accept(
     let limits = &app.config.limits;
     let refusal = if app.hub.connection_count() >= limits.max_connections {
         Some("connection limit reached")
-    } else if app.hub.connections_of(&principal.user) >= limits.max_connections_per_user {
+    } else if app.config.auth.mode == AuthMode::Jwt
+        // In mode none every client is the same anonymous user: the limit is per real user.
+        && app.hub.connections_of(&principal.user) >= limits.max_connections_per_user
+    {
         Some("connection limit per user reached")
     } else {
         None

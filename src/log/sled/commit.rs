@@ -198,6 +198,9 @@ fn commit(
         .map(|(channel, meta)| (channel.to_string(), meta))
         .collect();
     state.channels.extend(touched);
+    for chunk in chunks(&events) {
+        shared.recent.insert(chunk);
+    }
     state.last_ts = ts_ms;
     shared.head.store(next_seq - 1, Ordering::Release);
     drop(state);

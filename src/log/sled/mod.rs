@@ -22,6 +22,7 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::recent::RecentEvents;
 use super::{
     codec::{self, ChannelMeta},
     AppendOutcome, AppendedGroup, BoxFuture, ChannelPosition, ChannelSummary, EventLog, LogError,
@@ -57,6 +58,7 @@ struct Shared {
     /// channel metadata, and each must start from the other's last write.
     write: Mutex<WriteState>,
     watch: broadcast::Sender<Arc<AppendedGroup>>,
+    recent: RecentEvents,
 }
 
 struct WriteState {
@@ -100,6 +102,7 @@ impl SledLog {
             head: AtomicU64::new(head),
             write: Mutex::new(state),
             watch,
+            recent: RecentEvents::new(storage_config.recent_events_cached),
         });
         let (commands, committer) = commit::spawn(shared.clone(), storage_config.max_group_events)?;
         let retention = retention::spawn(shared.clone(), retention_config)?;
@@ -202,13 +205,15 @@ fn recover(tree: &sled::Tree) -> Result<(u64, WriteState), LogError> {
 /// Reads events by seq, keeping the last chunk it opened: consecutive seqs mostly share one.
 struct ChunkReader<'a> {
     tree: &'a sled::Tree,
+    recent: &'a RecentEvents,
     current: Option<(u64, sled::IVec)>,
 }
 
 impl<'a> ChunkReader<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
+    fn new(shared: &'a Shared) -> Self {
         Self {
-            tree,
+            tree: &shared.tree,
+            recent: &shared.recent,
             current: None,
         }
     }
@@ -240,9 +245,12 @@ impl<'a> ChunkReader<'a> {
         }
     }
 
-    fn event(&mut self, seq: u64) -> Result<Option<Event>, LogError> {
+    fn event(&mut self, seq: u64) -> Result<Option<Arc<Event>>, LogError> {
+        if let Some(event) = self.recent.get(seq) {
+            return Ok(Some(event));
+        }
         match self.chunk(seq)? {
-            Some(view) => view.event(seq).map(Some),
+            Some(view) => view.event(seq).map(|e| Some(Arc::new(e))),
             None => Ok(None),
         }
     }
@@ -309,13 +317,13 @@ impl Shared {
             seqs.dedup();
         }
         seqs.truncate(range.limit);
-        let mut reader = ChunkReader::new(&self.tree);
+        let mut reader = ChunkReader::new(self);
         let mut events = Vec::with_capacity(seqs.len());
         for seq in seqs {
             // A chunk retention removed between the index scan and this read is gone for
             // every reader, which is what retention promises.
             if let Some(event) = reader.event(seq)? {
-                events.push(Arc::new(event));
+                events.push(event);
             }
         }
         Ok(events)
