@@ -13,6 +13,8 @@ pub enum ClientMessage {
     GetSubscriptions { id: Option<Value> },
     Ping { id: Option<Value> },
     Publish(PublishMessage),
+    Replay(ReplayMessage),
+    ReplayStop { id: Option<Value> },
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +44,30 @@ pub struct PublishMessage {
     /// The WebSocket `id` only pairs a request with its answer; idempotency has its own key.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+/// `replay`: the recorded events of one channel in a seq range and/or a time range.
+#[derive(Debug, Deserialize)]
+pub struct ReplayMessage {
+    #[serde(default)]
+    pub id: Option<Value>,
+    pub channel: String,
+    /// Exclusive, like `since`: the replay starts after this seq.
+    #[serde(default)]
+    pub from: Option<Cursor>,
+    /// Inclusive; the head at the time of the request when absent.
+    #[serde(default)]
+    pub to: Option<Cursor>,
+    /// RFC 3339 UTC: only events appended at or after this time.
+    #[serde(default)]
+    pub from_ts: Option<String>,
+    /// RFC 3339 UTC: only events appended at or before this time.
+    #[serde(default)]
+    pub to_ts: Option<String>,
+    #[serde(default)]
+    pub speed: Option<f64>,
+    #[serde(default)]
+    pub filters: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +171,11 @@ impl ClientMessage {
                 Self::Ping { id: m.id }
             }
             "publish" => Self::Publish(serde_json::from_value(value).map_err(shape)?),
+            "replay" => Self::Replay(serde_json::from_value(value).map_err(shape)?),
+            "replay_stop" => {
+                let m: IdOnly = serde_json::from_value(value).map_err(shape)?;
+                Self::ReplayStop { id: m.id }
+            }
             other => {
                 return Err(fail(
                     ErrorCode::UnknownType,
@@ -186,6 +217,21 @@ mod tests {
         assert!(matches!(
             ClientMessage::parse_json(br#"{"type":"unsubscribe","channel":"a/b"}"#).unwrap(),
             ClientMessage::Unsubscribe { .. }
+        ));
+        let m = ClientMessage::parse_json(
+            br#"{"type":"replay","id":"r5","channel":"competition/c7","from":"0","to":"9","speed":2.5,"filters":{"k":1}}"#,
+        )
+        .unwrap();
+        let ClientMessage::Replay(r) = m else {
+            panic!()
+        };
+        assert_eq!(
+            (r.from, r.to, r.speed),
+            (Some(Cursor(0)), Some(Cursor(9)), Some(2.5))
+        );
+        assert!(matches!(
+            ClientMessage::parse_json(br#"{"type":"replay_stop","id":"r5"}"#).unwrap(),
+            ClientMessage::ReplayStop { id: Some(_) }
         ));
     }
 

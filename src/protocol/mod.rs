@@ -13,9 +13,13 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-pub use client::{ClientMessage, Cursor, ParseError, PublishMessage, SubscribeMessage};
+pub use client::{
+    ClientMessage, Cursor, ParseError, PublishMessage, ReplayMessage, SubscribeMessage,
+};
 pub use server::{ErrorCode, ServerMessage, SubscriptionInfo};
-pub use stored::{decode_msgpack, gzip, write_stored_event_json, write_stored_event_msgpack};
+pub use stored::{
+    decode_msgpack, gzip, write_stored_event_json, write_stored_event_msgpack, GzipStream,
+};
 
 use crate::event::Event;
 
@@ -63,6 +67,22 @@ pub fn event_frame(event: &Event, channel_index: usize, format: Format) -> OutFr
             payload: event.frames.json[channel_index]
                 .get_or_init(|| server::event_json(event, channel_index))
                 .clone(),
+            binary: false,
+        },
+    }
+}
+
+/// The `event` message of a replayed event: the live frame plus `"replay":<tag>`, where
+/// `tag` is JSON text naming the replay. Not cached: a replayed frame serves one connection.
+pub fn replay_event_frame(
+    event: &Event,
+    channel_index: usize,
+    format: Format,
+    tag: &str,
+) -> OutFrame {
+    match format {
+        Format::Json => OutFrame {
+            payload: server::replay_event_json(event, channel_index, tag),
             binary: false,
         },
     }

@@ -85,6 +85,14 @@ pub enum ServerMessage<'a> {
         id: Option<&'a Value>,
         seq: u64,
     },
+    /// A replay delivered its last event (or was stopped: `stopped: true`).
+    ReplayEnd {
+        id: Option<&'a Value>,
+        channel: &'a str,
+        count: u64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        stopped: bool,
+    },
     Error {
         id: Option<&'a Value>,
         code: ErrorCode,
@@ -97,8 +105,22 @@ pub enum ServerMessage<'a> {
 /// The JSON `event` message, written by hand: it is the hot path, and `data` is already
 /// compact JSON text that only needs to be copied.
 pub(super) fn event_json(event: &Event, channel_index: usize) -> Bytes {
+    Bytes::from(event_json_vec(event, channel_index, 0))
+}
+
+/// `event_json` with a `"replay":<tag>` field after `data`.
+pub(super) fn replay_event_json(event: &Event, channel_index: usize, tag: &str) -> Bytes {
+    let mut out = event_json_vec(event, channel_index, tag.len() + 10);
+    out.pop();
+    out.extend_from_slice(b",\"replay\":");
+    out.extend_from_slice(tag.as_bytes());
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+fn event_json_vec(event: &Event, channel_index: usize, spare: usize) -> Vec<u8> {
     let data = event.data.get();
-    let mut out = Vec::with_capacity(96 + data.len() + event.event_type.len());
+    let mut out = Vec::with_capacity(96 + spare + data.len() + event.event_type.len());
     out.extend_from_slice(b"{\"type\":\"event\",\"seq\":");
     write!(out, "{}", event.seq).expect("vec write");
     out.extend_from_slice(b",\"channel\":");
@@ -112,7 +134,7 @@ pub(super) fn event_json(event: &Event, channel_index: usize) -> Bytes {
     out.extend_from_slice(b"\",\"data\":");
     out.extend_from_slice(data.as_bytes());
     out.push(b'}');
-    Bytes::from(out)
+    out
 }
 
 #[cfg(test)]
@@ -141,6 +163,21 @@ mod tests {
             json!({"type":"event","seq":12,"channel":"agent/x","event_type":"say \"hi\"",
                    "ts":"2023-11-14T22:13:20.000Z","data":{"a":[1,2]}})
         );
+    }
+
+    #[test]
+    fn replayed_event_carries_its_replay_tag() {
+        let event = Event::new(
+            3,
+            "k".into(),
+            vec![Channel::parse("arena/a1").unwrap()],
+            "t".into(),
+            0,
+            RawValue::from_string("{}".into()).unwrap(),
+        );
+        let v: Value = serde_json::from_slice(&replay_event_json(&event, 0, "\"r5\"")).unwrap();
+        assert_eq!(v["replay"], "r5");
+        assert_eq!(v["seq"], 3);
     }
 
     #[test]

@@ -60,6 +60,34 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to a Vec cannot fail")
 }
 
+/// Gzip over a stream of pieces: each `compress` returns the compressed bytes ready so far,
+/// `finish` the rest and the trailer. Nothing is flushed early, so the same pieces always
+/// give the same bytes.
+pub struct GzipStream {
+    encoder: flate2::write::GzEncoder<Vec<u8>>,
+}
+
+impl Default for GzipStream {
+    fn default() -> Self {
+        Self {
+            encoder: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
+        }
+    }
+}
+
+impl GzipStream {
+    pub fn compress(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.encoder
+            .write_all(bytes)
+            .expect("writing to a Vec cannot fail");
+        std::mem::take(self.encoder.get_mut())
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.encoder.finish().expect("writing to a Vec cannot fail")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -96,6 +124,29 @@ mod tests {
         let mut m = Vec::new();
         write_stored_event_msgpack(&mut m, &e, Some(&e.channels[1]));
         assert_eq!(decode_msgpack(&m).unwrap(), from_json);
+    }
+
+    #[test]
+    fn gzip_stream_round_trips() {
+        let mut stream = GzipStream::default();
+        let mut out = Vec::new();
+        for piece in [&b"one "[..], b"two ", b"three"] {
+            out.extend(stream.compress(&piece.repeat(100)));
+        }
+        out.extend(stream.finish());
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(
+            back,
+            [
+                b"one ".repeat(100),
+                b"two ".repeat(100),
+                b"three".repeat(100)
+            ]
+            .concat()
+        );
     }
 
     #[test]

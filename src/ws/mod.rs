@@ -6,6 +6,7 @@
 
 mod publishing;
 mod reader;
+mod replay;
 mod session;
 mod sink;
 mod subscriptions;

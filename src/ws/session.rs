@@ -19,8 +19,9 @@ use tokio::{io::AsyncWrite, sync::mpsc, time::MissedTickBehavior};
 use super::{
     publishing::{self, PublishAnswer, PublishRequest},
     reader::{Inbound, ReadFailure},
+    replay::{ReplayRequest, Replays},
     sink::{FrameSink, SinkError},
-    subscriptions::{Start, Subscriptions},
+    subscriptions::{resolve_start, Subscriptions},
 };
 use crate::{
     app::AppState,
@@ -29,11 +30,11 @@ use crate::{
     event::{now_ms, Channel, BROADCAST_CHANNEL},
     fanout::ConnectionHandle,
     filter::Filter,
-    log::{AppendedGroup, ChannelPosition, ReadRange},
+    log::{AppendedGroup, ReadRange},
     metrics::METRICS,
     protocol::{
-        self, ClientMessage, ErrorCode, Format, PublishMessage, ServerMessage, SubscribeMessage,
-        SubscriptionInfo,
+        self, ClientMessage, ErrorCode, Format, PublishMessage, ReplayMessage, ServerMessage,
+        SubscribeMessage, SubscriptionInfo,
     },
     publish::{self, EventInput},
 };
@@ -92,6 +93,7 @@ pub struct Session<W> {
     inbound: mpsc::Receiver<Inbound>,
     sink: FrameSink<W>,
     subs: Subscriptions,
+    replays: Replays,
     format: Format,
     principal: Principal,
     publishes: Option<(mpsc::Sender<PublishRequest>, mpsc::Receiver<PublishAnswer>)>,
@@ -118,6 +120,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             inbound,
             sink,
             subs: Subscriptions::default(),
+            replays: Replays::default(),
             format: params.format,
             principal: params.principal.clone(),
             publishes: None,
@@ -183,6 +186,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 self.recover_from_lag();
             }
             let catching_up = self.subs.is_catching_up();
+            let replay_wake = self.replays.next_wake();
             let step = tokio::select! {
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
                     Err(Flow::Close(close::GOING_AWAY, "server shutting down".into()))
@@ -196,6 +200,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 _ = ticks.tick() => self.on_heartbeat(timeout_ms).await,
                 reason = self.conn.kicked() => Err(Flow::Close(close::POLICY, reason)),
                 _ = std::future::ready(()), if catching_up => self.catch_up_step().await,
+                _ = sleep_until(replay_wake), if replay_wake.is_some() => self.replay_step().await,
             };
             if let Err(flow) = step {
                 return flow;
@@ -283,6 +288,8 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                     .await
             }
             ClientMessage::Publish(m) => self.on_publish(m).await,
+            ClientMessage::Replay(m) => self.on_replay(m).await,
+            ClientMessage::ReplayStop { id } => self.on_replay_stop(id).await,
         }
     }
 
@@ -367,8 +374,12 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         Ok(())
     }
 
+    /// Ends the subscription and every replay of the channel; answers `NOT_FOUND` only
+    /// when there was neither.
     async fn on_unsubscribe(&mut self, id: Option<Value>, name: &str) -> Result<(), Flow> {
-        if !self.subs.remove(name) {
+        let stopped = self.replays.stop_channel(name, self.format);
+        let was_subscribed = self.subs.remove(name);
+        if !was_subscribed && stopped.is_empty() {
             let message = format!(
                 "not subscribed to `{}`",
                 name.chars().take(200).collect::<String>()
@@ -377,12 +388,17 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 .send_error(id.as_ref(), ErrorCode::NotFound, &message, None)
                 .await;
         }
-        let channel = Channel::parse(name).expect("subscribed channels are valid");
-        METRICS.subscription_removed(channel.kind());
-        if channel.as_str() == BROADCAST_CHANNEL {
+        for frame in &stopped {
+            self.sink.send(frame).await?;
+        }
+        let channel = Channel::parse(name).expect("subscribed or replayed channels are valid");
+        if was_subscribed {
+            METRICS.subscription_removed(channel.kind());
+        }
+        if was_subscribed && channel.as_str() == BROADCAST_CHANNEL {
             // Broadcasts keep coming without a subscription, as for every connection.
             self.subs.add_implicit(channel.clone(), self.app.log.head());
-        } else {
+        } else if was_subscribed {
             self.app.hub.unsubscribe(self.conn.id, &channel);
         }
         self.send_control(&ServerMessage::Unsubscribed {
@@ -390,6 +406,59 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             channel: channel.as_str(),
         })
         .await
+    }
+
+    async fn on_replay(&mut self, m: ReplayMessage) -> Result<(), Flow> {
+        let id = m.id.clone();
+        let started = ReplayRequest::parse(m, self.app.log.head()).and_then(|request| {
+            if !self.principal.can_subscribe(&request.channel) {
+                return Err(super::replay::Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: format!("the token does not grant subscribe on {}", request.channel),
+                });
+            }
+            self.replays.start(request, tokio::time::Instant::now())
+        });
+        match started {
+            Ok(()) => Ok(()),
+            Err(refusal) => {
+                self.send_error(id.as_ref(), refusal.code, &refusal.message, None)
+                    .await
+            }
+        }
+    }
+
+    async fn on_replay_stop(&mut self, id: Option<Value>) -> Result<(), Flow> {
+        match id
+            .as_ref()
+            .and_then(|id| self.replays.stop(id, self.format))
+        {
+            Some(frame) => Ok(self.sink.send(&frame).await?),
+            None => {
+                let message = "no running replay has this id";
+                self.send_error(id.as_ref(), ErrorCode::NotFound, message, None)
+                    .await
+            }
+        }
+    }
+
+    /// Sends what the running replays have due now (at most a page each).
+    async fn replay_step(&mut self) -> Result<(), Flow> {
+        let page = self.app.config.delivery.catch_up_page;
+        let frames = self
+            .replays
+            .step(
+                self.app.log.as_ref(),
+                page,
+                self.format,
+                tokio::time::Instant::now(),
+            )
+            .await
+            .map_err(internal)?;
+        for frame in &frames {
+            self.sink.send(frame).await?;
+        }
+        Ok(())
     }
 
     async fn on_publish(&mut self, m: PublishMessage) -> Result<(), Flow> {
@@ -578,79 +647,10 @@ async fn next_answer(
     }
 }
 
-/// Where a subscription starts, and why it is not a full recovery when it is not.
-fn resolve_start(
-    since: Option<u64>,
-    epoch: Option<&str>,
-    log_epoch: &str,
-    position: &ChannelPosition,
-) -> (Start, Option<&'static str>) {
-    let head = position.head;
-    match since {
-        None => (Start::Live { head }, None),
-        Some(_) if epoch.is_some_and(|e| e != log_epoch) => {
-            (Start::Resume { cursor: head }, Some("epoch_mismatch"))
-        }
-        Some(since) if since > head => (Start::Resume { cursor: head }, Some("future_cursor")),
-        // `since=0` asks for the earliest retained event: nothing it asked for is lost.
-        Some(0) => (
-            Start::Resume {
-                cursor: position.removed_upto,
-            },
-            None,
-        ),
-        Some(since) if since < position.removed_upto => (
-            Start::Resume {
-                cursor: position.removed_upto,
-            },
-            Some("expired"),
-        ),
-        Some(since) => (Start::Resume { cursor: since }, None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn position(head: u64, removed_upto: u64) -> ChannelPosition {
-        ChannelPosition {
-            head,
-            earliest: removed_upto + 1,
-            removed_upto,
-            retained: 1,
-        }
-    }
-
-    #[test]
-    fn resume_decisions() {
-        let p = position(100, 40);
-        let cases = [
-            (None, None, None, "live"),
-            (Some(50), None, None, "resume 50"),
-            (Some(50), Some("e1"), None, "resume 50"),
-            (
-                Some(50),
-                Some("other"),
-                Some("epoch_mismatch"),
-                "resume 100",
-            ),
-            (Some(101), None, Some("future_cursor"), "resume 100"),
-            (Some(39), None, Some("expired"), "resume 40"),
-            (Some(40), None, None, "resume 40"),
-            (Some(0), None, None, "resume 40"),
-        ];
-        for (since, epoch, reason, want) in cases {
-            let (start, got_reason) = resolve_start(since, epoch, "e1", &p);
-            let got = match start {
-                Start::Live { .. } => "live".to_string(),
-                Start::Resume { cursor } => format!("resume {cursor}"),
-            };
-            assert_eq!(
-                (got.as_str(), got_reason),
-                (want, reason),
-                "since {since:?} epoch {epoch:?}"
-            );
-        }
+/// Waits until `wake`; forever when there is nothing to wake for.
+async fn sleep_until(wake: Option<tokio::time::Instant>) {
+    match wake {
+        Some(instant) => tokio::time::sleep_until(instant).await,
+        None => std::future::pending().await,
     }
 }

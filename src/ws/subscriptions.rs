@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::{
     event::{Channel, Event},
     filter::Filter,
+    log::ChannelPosition,
 };
 
 #[derive(Debug)]
@@ -224,6 +225,37 @@ impl Subscriptions {
     }
 }
 
+/// Where a subscription starts, and why it is not a full recovery when it is not.
+pub fn resolve_start(
+    since: Option<u64>,
+    epoch: Option<&str>,
+    log_epoch: &str,
+    position: &ChannelPosition,
+) -> (Start, Option<&'static str>) {
+    let head = position.head;
+    match since {
+        None => (Start::Live { head }, None),
+        Some(_) if epoch.is_some_and(|e| e != log_epoch) => {
+            (Start::Resume { cursor: head }, Some("epoch_mismatch"))
+        }
+        Some(since) if since > head => (Start::Resume { cursor: head }, Some("future_cursor")),
+        // `since=0` asks for the earliest retained event: nothing it asked for is lost.
+        Some(0) => (
+            Start::Resume {
+                cursor: position.removed_upto,
+            },
+            None,
+        ),
+        Some(since) if since < position.removed_upto => (
+            Start::Resume {
+                cursor: position.removed_upto,
+            },
+            Some("expired"),
+        ),
+        Some(since) => (Start::Resume { cursor: since }, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{json, value::RawValue};
@@ -350,5 +382,46 @@ mod tests {
             "no caught_up for lag recovery"
         );
         assert!(!subs.is_catching_up());
+    }
+
+    fn position(head: u64, removed_upto: u64) -> ChannelPosition {
+        ChannelPosition {
+            head,
+            earliest: removed_upto + 1,
+            removed_upto,
+            retained: 1,
+        }
+    }
+
+    #[test]
+    fn resume_decisions() {
+        let p = position(100, 40);
+        let cases = [
+            (None, None, None, "live"),
+            (Some(50), None, None, "resume 50"),
+            (Some(50), Some("e1"), None, "resume 50"),
+            (
+                Some(50),
+                Some("other"),
+                Some("epoch_mismatch"),
+                "resume 100",
+            ),
+            (Some(101), None, Some("future_cursor"), "resume 100"),
+            (Some(39), None, Some("expired"), "resume 40"),
+            (Some(40), None, None, "resume 40"),
+            (Some(0), None, None, "resume 40"),
+        ];
+        for (since, epoch, reason, want) in cases {
+            let (start, got_reason) = resolve_start(since, epoch, "e1", &p);
+            let got = match start {
+                Start::Live { .. } => "live".to_string(),
+                Start::Resume { cursor } => format!("resume {cursor}"),
+            };
+            assert_eq!(
+                (got.as_str(), got_reason),
+                (want, reason),
+                "since {since:?} epoch {epoch:?}"
+            );
+        }
     }
 }

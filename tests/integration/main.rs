@@ -8,5 +8,6 @@ mod durability;
 mod errors;
 mod history;
 mod operations;
+mod replay;
 mod resume;
 mod retention;
