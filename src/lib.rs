@@ -9,7 +9,7 @@
 //! ```text
 //! http / ws session ─▶ publish ─▶ log (append, durable) ─▶ fanout ─▶ filter ─▶ encode ─▶ socket
 //!                                       ▲                      │
-//!                                       └── resume / catch-up ◀┘  (a lagging reader reads the log)
+//!                                       └── resume / catch-up / replay / export ◀┘  (readers behind read the log)
 //! ```
 //!
 //! # Code map
@@ -25,14 +25,17 @@
 //! - [`fanout`] — channel registry and per-connection bounded queues, lag detection.
 //! - [`filter`] — subscription filters.
 //! - [`protocol`] — client and server messages and their encodings; no IO.
-//! - [`ws`] — the WebSocket gateway: upgrade, reader task, session loop, subscriptions.
-//! - [`http`] — REST routes: health, publish, history.
+//! - [`ws`] — the WebSocket gateway: upgrade, reader task, session loop, subscriptions,
+//!   replays.
+//! - [`http`] — REST routes: health, publish, history, datasets.
+//! - [`datasets`] — sealed datasets on pinned seq lists: statistics, export, anonymization.
 //! - [`auth`] — credentials to `Principal`, and what a principal may do.
 //! - [`error`] — `ApiError`, the one mapping of failures to HTTP and protocol errors.
 
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod datasets;
 pub mod error;
 pub mod event;
 pub mod fanout;

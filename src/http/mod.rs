@@ -2,6 +2,7 @@
 //! body reading, content negotiation). Handlers live in one file per resource.
 
 mod admin;
+mod datasets;
 mod events;
 
 use axum::{
@@ -29,6 +30,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/broadcast", post(admin::broadcast))
         .route("/api/v1/events", post(events::publish))
         .route("/api/v1/channels/{kind}/{id}/events", get(events::history))
+        .route(
+            "/api/v1/datasets",
+            post(datasets::create).get(datasets::list),
+        )
+        .route(
+            "/api/v1/datasets/{id}",
+            get(datasets::get).delete(datasets::delete),
+        )
+        .route("/api/v1/datasets/{id}/export", get(datasets::export))
         .route("/ws", get(crate::ws::multiplexed))
         .route("/ws/{kind}/{id}", get(crate::ws::single_channel))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

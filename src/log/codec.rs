@@ -367,6 +367,73 @@ fn decode_record(seq: u64, bytes: &[u8]) -> Result<Event, LogError> {
     ))
 }
 
+/// `p` + set name: the header of a pinned set (below).
+pub const PREFIX_PIN: u8 = b'p';
+/// `q` + set name + NUL + `u32be` part number: one part of a pinned set's seq list.
+pub const PREFIX_PIN_PART: u8 = b'q';
+/// Seqs per part of a pinned list: a part is a few KiB, and reading from a position
+/// decodes one part, never the whole list.
+pub const PIN_PART_SEQS: usize = 4096;
+/// First byte of a pin header: its layout version.
+pub const PIN_V1: u8 = 1;
+
+pub fn pin_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 1);
+    key.push(PREFIX_PIN);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// `q` + name + NUL: every part key of the set starts with it. Set names never hold a NUL.
+pub fn pin_part_prefix(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 6);
+    key.push(PREFIX_PIN_PART);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn pin_part_key(name: &str, part: u32) -> Vec<u8> {
+    let mut key = pin_part_prefix(name);
+    key.extend_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// A pin header: `0x01`, `u64be` number of seqs, then the owner's metadata, opaque here.
+pub fn encode_pin_header(count: u64, meta: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + meta.len());
+    v.push(PIN_V1);
+    v.extend_from_slice(&count.to_be_bytes());
+    v.extend_from_slice(meta);
+    v
+}
+
+pub fn decode_pin_header(bytes: &[u8]) -> Result<(u64, &[u8]), LogError> {
+    if bytes.len() < 9 || bytes[0] != PIN_V1 {
+        return Err(LogError::Corrupt(
+            "pin header: bad version or length".into(),
+        ));
+    }
+    let count = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
+    Ok((count, &bytes[9..]))
+}
+
+/// A part of a pinned list: ascending seqs as a bincode `Vec<u64>` of deltas, the first
+/// from 0 (so it is the seq itself) — the index-entry encoding with a key seq of 0.
+pub fn encode_pin_part(seqs: &[u64]) -> Vec<u8> {
+    let mut deltas = Vec::with_capacity(seqs.len());
+    let mut previous = 0;
+    for seq in seqs {
+        deltas.push(seq - previous);
+        previous = *seq;
+    }
+    bincode::serde::encode_to_vec(&deltas, bincode::config::standard()).expect("encode to Vec")
+}
+
+pub fn decode_pin_part(bytes: &[u8]) -> Result<Vec<u64>, LogError> {
+    decode_index_entry(0, bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +515,23 @@ mod tests {
         assert!(!other.starts_with(&channel_index_prefix("arena/a")));
         assert_eq!(seq_from_key(&b).unwrap(), 256);
         assert_eq!(seq_from_key(&chunk_key(42)).unwrap(), 42);
+    }
+
+    #[test]
+    fn pin_bytes() {
+        assert_eq!(pin_key("d1"), b"pd1");
+        assert_eq!(pin_part_key("d1", 2), b"qd1\x00\x00\x00\x00\x02");
+        assert_eq!(
+            encode_pin_header(3, b"{}"),
+            [1, 0, 0, 0, 0, 0, 0, 0, 3, b'{', b'}']
+        );
+        assert_eq!(
+            decode_pin_header(&encode_pin_header(3, b"{}")).unwrap(),
+            (3, &b"{}"[..])
+        );
+        // 100, 101, 105, 400: absolute first, then deltas.
+        let part = encode_pin_part(&[100, 101, 105, 400]);
+        assert_eq!(part, [4, 100, 1, 4, 0xFB, 0x27, 0x01]);
+        assert_eq!(decode_pin_part(&part).unwrap(), vec![100, 101, 105, 400]);
     }
 }

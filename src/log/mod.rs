@@ -93,6 +93,31 @@ pub struct ReadRange<'a> {
     pub limit: usize,
 }
 
+/// A named, sealed list of seqs whose events the log keeps, whatever retention says, until
+/// the list is unpinned. Datasets are built on it; the log knows nothing of datasets and
+/// keeps the owner's `meta` bytes as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedSet {
+    pub name: String,
+    /// Seqs in the list.
+    pub count: u64,
+    pub meta: Vec<u8>,
+}
+
+/// What `pin` made of a request. Both refusals are expected outcomes, not failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinOutcome {
+    Pinned {
+        count: u64,
+    },
+    /// A set of that name exists; nothing was changed.
+    NameTaken,
+    /// Retention removed this seq's event before it could be pinned; nothing was pinned.
+    Gone {
+        seq: u64,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("storage failure: {0}")]
@@ -127,6 +152,32 @@ pub trait EventLog: Send + Sync + 'static {
         &'a self,
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<ChannelPosition, LogError>>;
+
+    /// Pins the events of `seqs` (ascending, distinct, at most the head) under `name`,
+    /// with the owner's `meta`, durably and all-or-nothing.
+    fn pin<'a>(
+        &'a self,
+        name: &'a str,
+        seqs: Vec<u64>,
+        meta: Vec<u8>,
+    ) -> BoxFuture<'a, Result<PinOutcome, LogError>>;
+
+    fn pinned<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<PinnedSet>, LogError>>;
+
+    /// Every pinned set, by name.
+    fn pinned_sets(&self) -> BoxFuture<'_, Result<Vec<PinnedSet>, LogError>>;
+
+    /// The events at positions `from .. from + limit` of a pinned list, in list order;
+    /// fewer at its end.
+    fn read_pinned<'a>(
+        &'a self,
+        name: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, LogError>>;
+
+    /// Drops a pinned set; its events are left to retention again. `false` if there was none.
+    fn unpin<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, LogError>>;
 
     /// Every group appended from now on, in seq order, after it is durable.
     fn watch(&self) -> broadcast::Receiver<Arc<AppendedGroup>>;

@@ -3,6 +3,7 @@
 mod support;
 
 mod chaos;
+mod datasets;
 mod delivery;
 mod durability;
 mod errors;

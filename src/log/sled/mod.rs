@@ -6,9 +6,11 @@
 //! - `mod.rs` opens and recovers the store and serves reads;
 //! - `commit.rs` is the single writer: it groups concurrent appends into one atomic sled
 //!   batch and one fsync (group commit), then publishes the group to watchers;
-//! - `retention.rs` removes what retention no longer keeps, and old idempotency keys.
+//! - `retention.rs` removes what retention no longer keeps, and old idempotency keys;
+//! - `pins.rs` keeps pinned sets (sealed seq lists that retention must not touch).
 
 mod commit;
+mod pins;
 mod retention;
 
 use std::{
@@ -26,7 +28,7 @@ use super::recent::RecentEvents;
 use super::{
     codec::{self, ChannelMeta},
     AppendOutcome, AppendedGroup, BoxFuture, ChannelPosition, ChannelSummary, EventLog, LogError,
-    LogStats, ReadRange,
+    LogStats, PinOutcome, PinnedSet, ReadRange,
 };
 use crate::{
     config::{RetentionConfig, StorageConfig},
@@ -57,6 +59,9 @@ struct Shared {
     /// Held while a batch is built and applied: the committer and retention both rewrite
     /// channel metadata, and each must start from the other's last write.
     write: Mutex<WriteState>,
+    /// Held for a whole retention pass: a pass decides its removals before it takes the
+    /// write lock, so two passes at once would both remove the same references.
+    retention_pass: Mutex<()>,
     watch: broadcast::Sender<Arc<AppendedGroup>>,
     recent: RecentEvents,
 }
@@ -101,6 +106,7 @@ impl SledLog {
             epoch,
             head: AtomicU64::new(head),
             write: Mutex::new(state),
+            retention_pass: Mutex::new(()),
             watch,
             recent: RecentEvents::new(storage_config.recent_events_cached),
         });
@@ -431,6 +437,49 @@ impl EventLog for SledLog {
         channel: &'a Channel,
     ) -> BoxFuture<'a, Result<ChannelPosition, LogError>> {
         Box::pin(async move { self.shared.position(channel) })
+    }
+
+    fn pin<'a>(
+        &'a self,
+        name: &'a str,
+        seqs: Vec<u64>,
+        meta: Vec<u8>,
+    ) -> BoxFuture<'a, Result<PinOutcome, LogError>> {
+        let shared = self.shared.clone();
+        let name = name.to_string();
+        // The flush blocks: keep it off the async workers.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || pins::pin(&shared, &name, &seqs, &meta))
+                .await
+                .map_err(|e| LogError::Storage(e.to_string()))?
+        })
+    }
+
+    fn pinned<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<PinnedSet>, LogError>> {
+        Box::pin(async move { pins::pinned(&self.shared, name) })
+    }
+
+    fn pinned_sets(&self) -> BoxFuture<'_, Result<Vec<PinnedSet>, LogError>> {
+        Box::pin(async move { pins::pinned_sets(&self.shared) })
+    }
+
+    fn read_pinned<'a>(
+        &'a self,
+        name: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, LogError>> {
+        Box::pin(async move { pins::read_pinned(&self.shared, name, from, limit) })
+    }
+
+    fn unpin<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, LogError>> {
+        let shared = self.shared.clone();
+        let name = name.to_string();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || pins::unpin(&shared, &name))
+                .await
+                .map_err(|e| LogError::Storage(e.to_string()))?
+        })
     }
 
     fn watch(&self) -> broadcast::Receiver<Arc<AppendedGroup>> {

@@ -3,8 +3,9 @@
 //! than `max_age_secs` — and idempotency keys past their window.
 //!
 //! Events leave a channel by being dropped from its index entries; nothing reads an event
-//! but through an index, so an unindexed event is never served. Each chunk counts the index
-//! references into it (`r` keys); a chunk whose count reaches zero is deleted. Every removal
+//! but through an index or a pinned list, so an unindexed, unpinned event is never served.
+//! Each chunk counts the index and pinned-list references into it (`r` keys); a chunk whose
+//! count reaches zero is deleted, so a pinned event's chunk outlives its channels' limits. Every removal
 //! raises the channel's `removed_upto` (so a cursor below it is known to have lost events),
 //! and every deleted chunk raises the log-wide `g` key (so the head never falls back, even
 //! when retention empties the log).
@@ -61,6 +62,7 @@ pub(super) fn spawn(shared: Arc<Shared>, config: RetentionConfig) -> Result<Hand
 
 /// One full pass.
 pub(super) fn enforce(shared: &Shared, config: &RetentionConfig, now: u64) -> Result<(), LogError> {
+    let _pass = shared.retention_pass.lock().expect("retention pass lock");
     let channels: Vec<(String, u64)> = {
         let state = shared.write.lock().expect("write lock");
         state
@@ -184,39 +186,48 @@ fn trim_channel(
 }
 
 /// Finds the chunk holding a seq; consecutive seqs mostly share one, so it remembers it.
-struct ChunkLocator<'a> {
+pub(super) struct ChunkLocator<'a> {
     shared: &'a Shared,
     current: Option<(u64, u64)>,
 }
 
 impl<'a> ChunkLocator<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    pub(super) fn new(shared: &'a Shared) -> Self {
         Self {
             shared,
             current: None,
         }
     }
 
-    fn first_seq(&mut self, seq: u64) -> Result<u64, LogError> {
+    /// The first seq of the chunk holding `seq`, which must exist (it is referenced).
+    pub(super) fn first_seq(&mut self, seq: u64) -> Result<u64, LogError> {
+        self.find(seq)?
+            .ok_or_else(|| LogError::Corrupt(format!("referenced seq {seq} has no chunk")))
+    }
+
+    /// The first seq of the chunk holding `seq`, if that chunk is still stored.
+    pub(super) fn find(&mut self, seq: u64) -> Result<Option<u64>, LogError> {
         if let Some((first, last)) = self.current {
             if (first..=last).contains(&seq) {
-                return Ok(first);
+                return Ok(Some(first));
             }
         }
-        let (key, bytes) = self
+        let found = self
             .shared
             .tree
             .range(codec::chunk_key(0)..=codec::chunk_key(seq))
             .next_back()
             .transpose()
-            .map_err(storage)?
-            .ok_or_else(|| LogError::Corrupt(format!("indexed seq {seq} has no chunk")))?;
+            .map_err(storage)?;
+        let Some((key, bytes)) = found else {
+            return Ok(None);
+        };
         let chunk = codec::ChunkView::parse(codec::seq_from_key(&key)?, &bytes)?;
         if !chunk.contains(seq) {
-            return Err(LogError::Corrupt(format!("indexed seq {seq} has no chunk")));
+            return Ok(None);
         }
         self.current = Some((chunk.first_seq, chunk.last_seq()));
-        Ok(chunk.first_seq)
+        Ok(Some(chunk.first_seq))
     }
 }
 
@@ -226,29 +237,7 @@ fn apply(shared: &Shared, mut pass: Removal) -> Result<(), LogError> {
     }
     let mut state = shared.write.lock().expect("write lock");
     let mut removed_upto = state.removed_upto;
-    for (first_seq, dropped) in &pass.chunk_refs {
-        let key = codec::chunk_refs_key(*first_seq);
-        let refs = match shared.tree.get(key).map_err(storage)? {
-            Some(v) => codec::decode_u64(&v)?,
-            None => {
-                return Err(LogError::Corrupt(format!(
-                    "chunk {first_seq} has no reference count"
-                )))
-            }
-        };
-        let left = refs.saturating_sub(*dropped);
-        if left == 0 {
-            let chunk_key = codec::chunk_key(*first_seq);
-            if let Some(bytes) = shared.tree.get(chunk_key).map_err(storage)? {
-                removed_upto =
-                    removed_upto.max(codec::ChunkView::parse(*first_seq, &bytes)?.last_seq());
-            }
-            pass.batch.remove(&chunk_key);
-            pass.batch.remove(&key);
-        } else {
-            pass.batch.insert(&key, &codec::encode_u64(left));
-        }
-    }
+    release_chunk_refs(shared, &mut pass.batch, &pass.chunk_refs, &mut removed_upto)?;
     let mut metas = Vec::new();
     for (channel, (dropped, highest)) in &pass.channels {
         let mut meta = state.channels.get(channel).copied().unwrap_or_default();
@@ -277,6 +266,41 @@ fn apply(shared: &Shared, mut pass: Removal) -> Result<(), LogError> {
         return Err(storage(e));
     }
     state.removed_upto = removed_upto;
+    Ok(())
+}
+
+/// Adds to `batch` the decrement of each chunk's `r` count by the references dropped, and
+/// the deletion of every chunk left with none, raising `removed_upto` to its last seq.
+/// The caller holds the write lock: counts are read here and written by its batch.
+pub(super) fn release_chunk_refs(
+    shared: &Shared,
+    batch: &mut sled::Batch,
+    chunk_refs: &BTreeMap<u64, u64>,
+    removed_upto: &mut u64,
+) -> Result<(), LogError> {
+    for (first_seq, dropped) in chunk_refs {
+        let key = codec::chunk_refs_key(*first_seq);
+        let refs = match shared.tree.get(key).map_err(storage)? {
+            Some(v) => codec::decode_u64(&v)?,
+            None => {
+                return Err(LogError::Corrupt(format!(
+                    "chunk {first_seq} has no reference count"
+                )))
+            }
+        };
+        let left = refs.saturating_sub(*dropped);
+        if left == 0 {
+            let chunk_key = codec::chunk_key(*first_seq);
+            if let Some(bytes) = shared.tree.get(chunk_key).map_err(storage)? {
+                *removed_upto =
+                    (*removed_upto).max(codec::ChunkView::parse(*first_seq, &bytes)?.last_seq());
+            }
+            batch.remove(&chunk_key);
+            batch.remove(&key);
+        } else {
+            batch.insert(&key, &codec::encode_u64(left));
+        }
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::*;
 use crate::event::now_ms;
-use crate::log::{EventLog, ReadRange};
+use crate::log::{EventLog, PinOutcome, PinnedSet, ReadRange};
 
 fn new_event(channels: &[&str], key: Option<&str>, n: u64) -> NewEvent {
     NewEvent {
@@ -227,5 +227,127 @@ async fn concurrent_appenders_share_groups_and_get_distinct_seqs() {
         seen.extend(group.events.iter().map(|e| e.seq));
     }
     assert_eq!(seen, (1..=320).collect::<Vec<_>>());
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_events_outlive_retention_until_unpinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = RetentionConfig {
+        max_events_per_channel: 2,
+        max_age_secs: 0,
+    };
+    let log = open(dir.path(), retention.clone());
+    // Seqs 1-3 (one chunk, that retention will delete whole) and 4-5 in arena/old.
+    log.append((0..3).map(|n| new_event(&["arena/old"], None, n)).collect())
+        .await
+        .unwrap();
+    log.append((3..5).map(|n| new_event(&["arena/old"], None, n)).collect())
+        .await
+        .unwrap();
+    retention::enforce(&log.shared, &retention, now_ms()).unwrap();
+    // Seqs 6-11 and 12-14 in arena/a: two chunks, so that unpinning can delete one chunk
+    // and not the other.
+    log.append((0..6).map(|n| new_event(&["arena/a"], None, n)).collect())
+        .await
+        .unwrap();
+    log.append((6..9).map(|n| new_event(&["arena/a"], None, n)).collect())
+        .await
+        .unwrap();
+    // Seqs from both chunks.
+    let seqs: Vec<u64> = vec![7, 8, 10, 12];
+    assert_eq!(
+        log.pin("d2", vec![1, 7], Vec::new()).await.unwrap(),
+        PinOutcome::Gone { seq: 1 },
+        "seq 1's chunk was deleted"
+    );
+    assert_eq!(
+        log.pin("d1", seqs.clone(), b"meta".to_vec()).await.unwrap(),
+        PinOutcome::Pinned { count: 4 }
+    );
+    assert_eq!(
+        log.pin("d1", vec![1], Vec::new()).await.unwrap(),
+        PinOutcome::NameTaken
+    );
+    retention::enforce(&log.shared, &retention, now_ms()).unwrap();
+    assert_eq!(
+        read_all(&log, "arena/a").await,
+        vec![13, 14],
+        "the channel obeys retention"
+    );
+    let pinned: Vec<u64> = log
+        .read_pinned("d1", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(pinned, seqs, "the pinned events are still there");
+    let tail: Vec<u64> = log
+        .read_pinned("d1", 2, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(tail, vec![10]);
+    log.close().await.unwrap();
+    drop(log);
+
+    // Pins survive a restart; unpinning hands the chunks back to retention.
+    let log = open(dir.path(), retention.clone());
+    let sets = log.pinned_sets().await.unwrap();
+    assert_eq!(
+        sets,
+        vec![PinnedSet {
+            name: "d1".into(),
+            count: 4,
+            meta: b"meta".to_vec()
+        }]
+    );
+    assert!(log.unpin("d1").await.unwrap());
+    assert!(!log.unpin("d1").await.unwrap());
+    assert!(log.pinned("d1").await.unwrap().is_none());
+    let first_chunk = log.shared.tree.get(codec::chunk_key(6)).unwrap();
+    assert!(first_chunk.is_none(), "nothing references chunk 6 any more");
+    let second_chunk = log
+        .shared
+        .tree
+        .get(codec::chunk_refs_key(12))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        codec::decode_u64(&second_chunk).unwrap(),
+        2,
+        "13 and 14 are indexed"
+    );
+    assert_eq!(log.head(), 14);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_lists_span_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), RetentionConfig::default());
+    let total = codec::PIN_PART_SEQS as u64 * 2 + 10;
+    for start in (0..total).step_by(4000) {
+        let batch = (start..(start + 4000).min(total))
+            .map(|n| new_event(&["arena/a"], None, n))
+            .collect();
+        log.append(batch).await.unwrap();
+    }
+    let seqs: Vec<u64> = (1..=total).collect();
+    log.pin("big", seqs, Vec::new()).await.unwrap();
+    let mut from = 0;
+    let mut read = Vec::new();
+    loop {
+        let page = log.read_pinned("big", from, 1000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        from += page.len() as u64;
+        read.extend(page.iter().map(|e| e.seq));
+    }
+    assert_eq!(read, (1..=total).collect::<Vec<_>>());
     log.close().await.unwrap();
 }
