@@ -9,9 +9,11 @@ use std::{io, sync::Arc};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::sync::mpsc;
 
 use super::anonymize::Anonymizer;
 use crate::{
+    event::Event,
     log::EventLog,
     protocol::{self, GzipStream},
 };
@@ -51,50 +53,58 @@ pub struct ExportPlan {
     pub gzip: bool,
 }
 
-struct State {
+/// Encoded pages waiting for the body: the producer reads and encodes the next pages while
+/// the body compresses and writes this one, so the two run on both cores.
+const PAGES_AHEAD: usize = 2;
+
+struct Producer {
     log: Arc<dyn EventLog>,
-    plan: ExportPlan,
-    position: u64,
-    gzip: Option<GzipStream>,
-    done: bool,
+    name: String,
+    count: u64,
+    format: ExportFormat,
+    anonymizer: Option<Anonymizer>,
 }
 
-impl State {
-    /// The next piece of the body; `None` once everything was produced.
-    async fn next_piece(&mut self) -> Option<io::Result<Bytes>> {
-        if self.done {
-            return None;
+impl Producer {
+    /// Sends every page, encoded, in order; stops early when the body is gone (the client
+    /// disconnected) or the dataset is.
+    async fn run(self, pages: mpsc::Sender<io::Result<Vec<u8>>>) {
+        let mut position = 0;
+        while position < self.count {
+            let page = match self
+                .log
+                .read_pinned(&self.name, position, EXPORT_PAGE)
+                .await
+            {
+                Ok(page) if page.is_empty() => {
+                    Err(self.fail("the dataset was deleted during the export"))
+                }
+                Ok(page) => Ok(page),
+                Err(e) => Err(self.fail(&format!("log read failed: {e}"))),
+            };
+            let encoded = page.map(|page| {
+                position += page.len() as u64;
+                self.encode(&page)
+            });
+            let failed = encoded.is_err();
+            if pages.send(encoded).await.is_err() || failed {
+                return;
+            }
         }
-        if self.position >= self.plan.count {
-            self.done = true;
-            return self.gzip.take().map(|gzip| Ok(Bytes::from(gzip.finish())));
-        }
-        let page = match self
-            .log
-            .read_pinned(&self.plan.name, self.position, EXPORT_PAGE)
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => return Some(Err(self.fail(format!("log read failed: {e}")))),
-        };
-        if page.is_empty() {
-            // The dataset was deleted during the export: end with an error, never short.
-            return Some(Err(
-                self.fail("the dataset was deleted during the export".into())
-            ));
-        }
-        self.position += page.len() as u64;
+    }
+
+    fn encode(&self, page: &[Arc<Event>]) -> Vec<u8> {
         let mut out = Vec::with_capacity(page.len() * 256);
-        for event in &page {
+        for event in page {
             let anonymized;
-            let event = match &self.plan.anonymizer {
+            let event = match &self.anonymizer {
                 Some(anonymizer) => {
                     anonymized = anonymizer.event(event);
                     &anonymized
                 }
                 None => event,
             };
-            match self.plan.format {
+            match self.format {
                 ExportFormat::Jsonl => {
                     protocol::write_stored_event_json(&mut out, event, None);
                     out.push(b'\n');
@@ -104,17 +114,13 @@ impl State {
                 }
             }
         }
-        let piece = match &mut self.gzip {
-            Some(gzip) => gzip.compress(&out),
-            None => out,
-        };
-        Some(Ok(Bytes::from(piece)))
+        out
     }
 
-    fn fail(&mut self, why: String) -> io::Error {
-        self.done = true;
-        tracing::warn!(dataset = %self.plan.name, %why, "export aborted");
-        io::Error::other(why)
+    fn fail(&self, why: &str) -> io::Error {
+        // An export never ends short: the body fails, and the client sees it incomplete.
+        tracing::warn!(dataset = %self.name, %why, "export aborted");
+        io::Error::other(why.to_string())
     }
 }
 
@@ -123,16 +129,30 @@ pub fn stream(
     log: Arc<dyn EventLog>,
     plan: ExportPlan,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let gzip = plan.gzip.then(GzipStream::default);
-    let state = State {
+    let (sender, pages) = mpsc::channel(PAGES_AHEAD);
+    let producer = Producer {
         log,
-        plan,
-        position: 0,
-        gzip,
-        done: false,
+        name: plan.name,
+        count: plan.count,
+        format: plan.format,
+        anonymizer: plan.anonymizer,
     };
-    futures_util::stream::unfold(state, |mut state| async move {
-        let piece = state.next_piece().await?;
-        Some((piece, state))
+    tokio::spawn(producer.run(sender));
+    let gzip = plan.gzip.then(GzipStream::default);
+    futures_util::stream::unfold((pages, gzip), |(mut pages, mut gzip)| async move {
+        match pages.recv().await {
+            Some(Ok(page)) => {
+                let piece = match &mut gzip {
+                    Some(gzip) => gzip.compress(&page),
+                    None => page,
+                };
+                Some((Ok(Bytes::from(piece)), (pages, gzip)))
+            }
+            Some(Err(e)) => Some((Err(e), (pages, None))),
+            // Every page was sent: the gzip trailer, once.
+            None => gzip
+                .take()
+                .map(|gzip| (Ok(Bytes::from(gzip.finish())), (pages, None))),
+        }
     })
 }

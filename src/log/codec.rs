@@ -331,8 +331,13 @@ impl<'a> ChunkView<'a> {
     }
 
     pub fn event(&self, seq: u64) -> Result<Event, LogError> {
+        self.event_cached(seq, &mut DecodeCache::default())
+    }
+
+    /// As `event`, reusing what `cache` already made for earlier events of a read.
+    pub fn event_cached(&self, seq: u64, cache: &mut DecodeCache) -> Result<Event, LogError> {
         let index = (seq - self.first_seq) as usize;
-        decode_record(seq, self.record(index)?)
+        decode_record(seq, self.record(index)?, cache)
     }
 
     /// Only the timestamp of an event (retention by age needs no more).
@@ -345,7 +350,43 @@ impl<'a> ChunkView<'a> {
     }
 }
 
-fn decode_record(seq: u64, bytes: &[u8]) -> Result<Event, LogError> {
+/// What consecutive events of one read share: a commit group stamps one `ts` on all its
+/// events, and a read mostly sees a few channels. Reusing them saves a timestamp format and
+/// a channel-name check per event on long reads (exports, catch-up).
+#[derive(Default)]
+pub struct DecodeCache {
+    ts: Option<(u64, String)>,
+    channels: std::collections::HashMap<String, Channel>,
+}
+
+/// Channel names remembered per read at most: bounds the cache on reads across many channels.
+const MAX_CACHED_CHANNELS: usize = 1024;
+
+impl DecodeCache {
+    fn ts(&mut self, ts_ms: u64) -> (u64, String) {
+        match &self.ts {
+            Some((cached, text)) if *cached == ts_ms => (ts_ms, text.clone()),
+            _ => {
+                let text = crate::event::format_ts(ts_ms);
+                self.ts = Some((ts_ms, text.clone()));
+                (ts_ms, text)
+            }
+        }
+    }
+
+    fn channel(&mut self, name: &str) -> Result<Channel, crate::event::InvalidChannel> {
+        if let Some(channel) = self.channels.get(name) {
+            return Ok(channel.clone());
+        }
+        let channel = Channel::parse(name)?;
+        if self.channels.len() < MAX_CACHED_CHANNELS {
+            self.channels.insert(name.to_string(), channel.clone());
+        }
+        Ok(channel)
+    }
+}
+
+fn decode_record(seq: u64, bytes: &[u8], cache: &mut DecodeCache) -> Result<Event, LogError> {
     let corrupt = |what: String| LogError::Corrupt(format!("event {seq}: {what}"));
     let (record, _): (RecordV1, usize) =
         bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
@@ -353,16 +394,16 @@ fn decode_record(seq: u64, bytes: &[u8]) -> Result<Event, LogError> {
     let channels = record
         .channels
         .iter()
-        .map(|c| Channel::parse(c).map_err(|e| corrupt(e.to_string())))
+        .map(|c| cache.channel(c).map_err(|e| corrupt(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let data = RawValue::from_string(record.data.into_owned())
         .map_err(|e| corrupt(format!("data is not JSON: {e}")))?;
-    Ok(Event::new(
+    Ok(Event::with_ts(
         seq,
         record.id.into_owned(),
         channels,
         record.event_type.into_owned(),
-        record.ts_ms,
+        cache.ts(record.ts_ms),
         data,
     ))
 }

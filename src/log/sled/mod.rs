@@ -213,6 +213,7 @@ struct ChunkReader<'a> {
     tree: &'a sled::Tree,
     recent: &'a RecentEvents,
     current: Option<(u64, sled::IVec)>,
+    cache: codec::DecodeCache,
 }
 
 impl<'a> ChunkReader<'a> {
@@ -221,6 +222,7 @@ impl<'a> ChunkReader<'a> {
             tree: &shared.tree,
             recent: &shared.recent,
             current: None,
+            cache: codec::DecodeCache::default(),
         }
     }
 
@@ -255,10 +257,13 @@ impl<'a> ChunkReader<'a> {
         if let Some(event) = self.recent.get(seq) {
             return Ok(Some(event));
         }
-        match self.chunk(seq)? {
-            Some(view) => view.event(seq).map(|e| Some(Arc::new(e))),
-            None => Ok(None),
+        if self.chunk(seq)?.is_none() {
+            return Ok(None);
         }
+        let (first, bytes) = self.current.as_ref().expect("the chunk was just found");
+        codec::ChunkView::parse(*first, bytes)?
+            .event_cached(seq, &mut self.cache)
+            .map(|event| Some(Arc::new(event)))
     }
 }
 
