@@ -14,7 +14,8 @@
 //!
 //! # Code map
 //!
-//! - `main.rs` — the `streamlog` command line.
+//! - `main.rs` — the `streamlog` command line: `serve`, and the client subcommands.
+//! - [`client`] — the client library the subcommands share: HTTP and WebSocket, `tail`.
 //! - [`config`] — the one typed `Config`: defaults, TOML, `STREAMLOG_*` overrides, validation.
 //! - [`server`] — wiring and lifecycle (bind, serve, graceful shutdown).
 //! - [`app`] — the state shared by routes and sessions.
@@ -34,6 +35,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod datasets;
 pub mod error;

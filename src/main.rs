@@ -2,8 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use streamlog::config::{CliOverrides, Config};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use streamlog::{
+    client::{commands, Client, ClientError},
+    config::{CliOverrides, Config},
+};
 
 #[derive(Parser)]
 #[command(
@@ -14,6 +18,17 @@ use streamlog::config::{CliOverrides, Config};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the client subcommands find the server.
+#[derive(Args)]
+struct Remote {
+    /// The server's base URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// A JWT, sent as `Authorization: Bearer` (and `token=` on WebSockets).
+    #[arg(long, global = true, env = "STREAMLOG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -29,6 +44,108 @@ enum Command {
         /// Directory of the log (overrides `data_dir`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The subcommands that talk to a running server.
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Publish one event from arguments, or NDJSON event objects from stdin (batched).
+    Publish {
+        channel: Option<String>,
+        event_type: Option<String>,
+        /// The event's data, a JSON object.
+        data: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the events of channels as JSON lines, live; reconnects and resumes on its own.
+    Tail {
+        #[arg(required = true)]
+        channels: Vec<String>,
+        /// Start after this seq (the last one printed by an earlier tail).
+        #[arg(long)]
+        since: Option<u64>,
+        /// The epoch `--since` came from.
+        #[arg(long)]
+        epoch: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replay a channel's recorded events.
+    Replay {
+        channel: String,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        to: Option<u64>,
+        /// RFC 3339 UTC times bounding the events' `ts`.
+        #[arg(long)]
+        from_ts: Option<String>,
+        #[arg(long)]
+        to_ts: Option<String>,
+        /// 1 = original pace, 2 = twice as fast, 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        speed: f64,
+        /// Filters as JSON.
+        #[arg(long)]
+        filters: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a channel's retained events as JSON lines.
+    History {
+        channel: String,
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create, list and export datasets.
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Seal a dataset.
+    Create {
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long = "channel", required = true)]
+        channels: Vec<String>,
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        #[arg(long)]
+        since: Option<u64>,
+        #[arg(long)]
+        until: Option<u64>,
+        /// Filters as JSON.
+        #[arg(long)]
+        filters: Option<String>,
+    },
+    /// List the datasets, one JSON line each.
+    List,
+    /// Stream a dataset's export to stdout or a file.
+    Export {
+        id: String,
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[arg(long)]
+        anonymize: bool,
+        /// Keep the body gzip-compressed.
+        #[arg(long)]
+        gzip: bool,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -47,10 +164,129 @@ fn init_tracing() {
     }
 }
 
+fn json_arg(text: Option<String>) -> Result<Value, ClientError> {
+    match text {
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| ClientError::Protocol(format!("not JSON: {e}")))
+        }
+        None => Ok(Value::Null),
+    }
+}
+
+async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
+    match command {
+        ClientCommand::Publish {
+            channel,
+            event_type,
+            data,
+            remote,
+        } => {
+            let client = Client::new(&remote.url, remote.token);
+            commands::publish(&client, channel, event_type, data).await
+        }
+        ClientCommand::Tail {
+            channels,
+            since,
+            epoch,
+            remote,
+        } => {
+            let client = Client::new(&remote.url, remote.token);
+            commands::follow(&client, channels, since, epoch).await
+        }
+        ClientCommand::Replay {
+            channel,
+            from,
+            to,
+            from_ts,
+            to_ts,
+            speed,
+            filters,
+            remote,
+        } => {
+            let client = Client::new(&remote.url, remote.token);
+            let mut request = json!({"id": "cli", "channel": channel, "speed": speed});
+            for (key, value) in [("from", from), ("to", to)] {
+                if let Some(seq) = value {
+                    request[key] = json!(seq.to_string());
+                }
+            }
+            for (key, value) in [("from_ts", from_ts), ("to_ts", to_ts)] {
+                if let Some(ts) = value {
+                    request[key] = json!(ts);
+                }
+            }
+            request["filters"] = json_arg(filters)?;
+            commands::replay(&client, request).await
+        }
+        ClientCommand::History {
+            channel,
+            since,
+            limit,
+            remote,
+        } => {
+            let client = Client::new(&remote.url, remote.token);
+            commands::history(&client, &channel, since, limit).await
+        }
+        ClientCommand::Datasets { command, remote } => {
+            let client = Client::new(&remote.url, remote.token);
+            match command {
+                DatasetCommand::Create {
+                    id,
+                    channels,
+                    event_types,
+                    since,
+                    until,
+                    filters,
+                } => {
+                    let mut request = json!({"channels": channels, "filters": json_arg(filters)?});
+                    if let Some(id) = id {
+                        request["dataset_id"] = json!(id);
+                    }
+                    if !event_types.is_empty() {
+                        request["event_types"] = json!(event_types);
+                    }
+                    for (key, value) in [("since", since), ("until", until)] {
+                        if let Some(seq) = value {
+                            request[key] = json!(seq.to_string());
+                        }
+                    }
+                    commands::create_dataset(&client, request).await
+                }
+                DatasetCommand::List => commands::list_datasets(&client).await,
+                DatasetCommand::Export {
+                    id,
+                    format,
+                    anonymize,
+                    gzip,
+                    output,
+                } => commands::export_dataset(&client, &id, &format, anonymize, gzip, output).await,
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        return match runtime.block_on(run_client(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            // A closed stdout (`| head`) is how a reader says it has enough.
+            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("streamlog: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing();
     match cli.command {
+        Command::Client(_) => ExitCode::SUCCESS,
         Command::Serve {
             config,
             listen,

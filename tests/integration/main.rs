@@ -3,6 +3,7 @@
 mod support;
 
 mod chaos;
+mod cli;
 mod datasets;
 mod delivery;
 mod durability;

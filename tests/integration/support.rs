@@ -66,14 +66,26 @@ impl Server {
     /// Starts again on the same data dir (after `kill` or `stop`), on a new port.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");
-        self.launch().await;
+        self.launch_on("127.0.0.1:0").await;
+    }
+
+    /// Starts again on the same data dir and the same port, for clients that reconnect to
+    /// the address they know.
+    pub async fn restart_same_port(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        let addr = self.addr.to_string();
+        self.launch_on(&addr).await;
     }
 
     async fn launch(&mut self) {
+        self.launch_on("127.0.0.1:0").await;
+    }
+
+    async fn launch_on(&mut self, listen: &str) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_streamlog"));
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .env("STREAMLOG_LOG", "info")
