@@ -9,7 +9,8 @@
 //! ```text
 //! http / ws session ─▶ publish ─▶ log (append, durable) ─▶ fanout ─▶ filter ─▶ encode ─▶ socket
 //!                                       ▲                      │
-//!                                       └── resume / catch-up / replay / export ◀┘  (readers behind read the log)
+//!                                       └── resume / catch-up ◀┘  (a lagging reader reads the log)
+//!                                       └── replay, dataset export (readers of recorded ranges)
 //! ```
 //!
 //! # Code map

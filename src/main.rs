@@ -266,51 +266,50 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Command::Client(command) = cli.command {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        return match runtime.block_on(run_client(command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            // A closed stdout (`| head`) is how a reader says it has enough.
-            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("streamlog: {error}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    init_tracing();
-    match cli.command {
-        Command::Client(_) => ExitCode::SUCCESS,
+    match Cli::parse().command {
+        Command::Client(command) => client_main(command),
         Command::Serve {
             config,
             listen,
             data_dir,
-        } => {
-            let overrides = CliOverrides { listen, data_dir };
-            let config = match Config::load(config.as_deref(), &overrides) {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("streamlog: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match runtime.block_on(streamlog::server::serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("streamlog: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => serve_main(config, CliOverrides { listen, data_dir }),
+    }
+}
+
+fn client_main(command: ClientCommand) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run_client(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (`| head`) is how a reader says it has enough.
+        Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("streamlog: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_main(config: Option<PathBuf>, overrides: CliOverrides) -> ExitCode {
+    init_tracing();
+    let config = match Config::load(config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("streamlog: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(streamlog::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("streamlog: {error}");
+            ExitCode::FAILURE
         }
     }
 }
