@@ -22,7 +22,17 @@ fn new_event(channels: &[&str], key: Option<&str>, n: u64) -> NewEvent {
 }
 
 fn open(dir: &Path, retention: RetentionConfig) -> SledLog {
-    SledLog::open(dir, &StorageConfig::default(), retention).unwrap()
+    // sled's own flusher thread may hold the directory lock for a moment after the previous
+    // instance in this process was dropped; a restarted process never meets this.
+    for _ in 0..100 {
+        match SledLog::open(dir, &StorageConfig::default(), retention.clone()) {
+            Err(LogError::Storage(e)) if e.contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            result => return result.unwrap(),
+        }
+    }
+    panic!("the store stayed locked")
 }
 
 async fn read_all(log: &SledLog, channel: &str) -> Vec<u64> {
