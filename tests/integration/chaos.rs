@@ -1,8 +1,8 @@
 //! Chaos: for a bounded time, publishers (HTTP and WebSocket, retrying with idempotency
-//! keys), resuming subscribers, a slow reader and garbage senders all run while the server
-//! is killed with SIGKILL and restarted. Then: every acknowledged event is in the log
-//! exactly once, every subscriber saw every event of its channel exactly once and in order,
-//! and no seq was handed out twice.
+//! keys), resuming subscribers, a slow reader, a replayer and garbage senders all run while
+//! the server is killed with SIGKILL and restarted. Then: every acknowledged event is in the
+//! log exactly once, every subscriber saw every event of its channel exactly once and in
+//! order, every complete replay was in order, and no seq was handed out twice.
 //!
 //! `STREAMLOG_CHAOS_SECS` (default 6) and `STREAMLOG_CHAOS_KILLS` (default 3) make it larger.
 
@@ -200,6 +200,50 @@ async fn subscriber(
     }
 }
 
+/// Replays a channel from the start again and again: each complete replay must arrive in
+/// seq order with as many events as its `replay_end` counts. Returns the replays completed.
+async fn replayer(shared: Shared) -> u64 {
+    let mut completed = 0;
+    while !shared.stopped() {
+        let Ok((mut ws, _)) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws", shared.addr())).await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let request =
+            json!({"type": "replay", "id": "rp", "channel": CHANNELS[1], "from": "0", "speed": 0});
+        if ws.send(Message::text(request.to_string())).await.is_err() {
+            continue;
+        }
+        let mut last = 0;
+        let mut count = 0u64;
+        loop {
+            let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+            else {
+                break; // killed mid-replay: start over
+            };
+            let m: Value = serde_json::from_str(&text).unwrap();
+            match m["type"].as_str().unwrap() {
+                "event" if m["replay"] == "rp" => {
+                    let seq = m["seq"].as_u64().unwrap();
+                    assert!(seq > last, "replay out of order: {seq} after {last}");
+                    last = seq;
+                    count += 1;
+                }
+                "replay_end" => {
+                    assert_eq!(m["count"], count, "replay_end counts what was sent");
+                    completed += 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    completed
+}
+
 /// Sends junk: broken JSON, wrong types, binary noise, oversize messages.
 async fn garbage_sender(shared: Shared) {
     let junk: [Message; 5] = [
@@ -249,6 +293,7 @@ async fn chaos_kills_lose_nothing_acknowledged_and_resumes_are_exact() {
         workers.push(tokio::spawn(ws_publisher(shared.clone(), n)));
     }
     workers.push(tokio::spawn(garbage_sender(shared.clone())));
+    let replays = tokio::spawn(replayer(shared.clone()));
     let mut subscribers = Vec::new();
     for (i, channel) in CHANNELS.iter().enumerate() {
         subscribers.push((
@@ -291,6 +336,10 @@ async fn chaos_kills_lose_nothing_acknowledged_and_resumes_are_exact() {
             .unwrap();
     }
 
+    let replays = tokio::time::timeout(Duration::from_secs(20), replays)
+        .await
+        .expect("replayer stops")
+        .unwrap();
     // Every acknowledged event is in the log, exactly once, with its data; no seq reused.
     let acked = shared.acked.lock().unwrap().clone();
     let mut histories: HashMap<&str, Vec<Value>> = HashMap::new();
@@ -344,13 +393,15 @@ async fn chaos_kills_lose_nothing_acknowledged_and_resumes_are_exact() {
     let new_seq = server.publish_one("arena/c0", "t", json!({})).await;
     assert!(new_seq > head && acked_seqs.iter().all(|s| *s < new_seq));
     println!(
-        "chaos: {} s, {} kills, {} acknowledged events ({} in the log), {} resumes, max recovery {:?}",
+        "chaos: {} s, {} kills, {} acknowledged events ({} in the log), {} resumes, {} full replays, max recovery {:?}",
         secs,
         kills,
         acked.len(),
         seqs_seen.len(),
         shared.resumes.load(Ordering::Relaxed),
+        replays,
         max_recovery
     );
+    assert!(replays > 0, "at least one replay completed");
     assert!(acked.len() > 100, "the publishers made progress");
 }
