@@ -93,15 +93,39 @@ async fn metrics_follow_the_traffic() {
             && sample(&text, "streamlog_subscriptions_active") == Some(0.0)
     })
     .await;
+    assert_eq!(
+        sample(&during, "streamlog_connections_opened_total"),
+        Some(1.0)
+    );
+    assert!(sample(&during, "streamlog_bytes_sent_total").unwrap() > 300.0);
+    assert_eq!(
+        sample(&during, "streamlog_append_group_events_count"),
+        Some(3.0)
+    );
+    assert_eq!(sample(&during, "streamlog_queue_depth"), Some(0.0));
+    // A refused handshake is counted by its HTTP status.
+    assert_eq!(
+        Ws::connect_refused(&server.ws_url("/ws?format=xml")).await,
+        400
+    );
+    let refused = scrape(&server).await;
+    assert_eq!(
+        sample(
+            &refused,
+            "streamlog_connections_refused_total{code=\"400\"}"
+        ),
+        Some(1.0)
+    );
     // HTTP errors are counted too.
     let (status, _) = server
         .post_raw("/api/v1/events", "application/json", b"{".to_vec())
         .await;
     assert_eq!(status, 400);
     let after = scrape(&server).await;
+    // The refused handshake above and this body.
     assert_eq!(
         sample(&after, "streamlog_errors_total{code=\"INVALID_MESSAGE\"}"),
-        Some(1.0)
+        Some(2.0)
     );
 }
 
@@ -249,4 +273,29 @@ async fn a_second_signal_exits_at_once_and_the_log_survives() {
     server.restart().await;
     assert_eq!(server.history_all("arena/s").await.len(), 5);
     assert_eq!(server.publish_one("arena/s", "t", json!({})).await, 6);
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_is_counted_and_still_served() {
+    let server = Server::start_with("[delivery]\nqueue_capacity = 2\n").await;
+    let mut slow = server.ws("/ws/arena/lag").await;
+    slow.recv_type("subscribed").await;
+    // 16 MB in 40 groups while the reader does not read: the socket fills, the session
+    // blocks on it, and its queue of 2 groups overflows.
+    let pad = "x".repeat(8000);
+    for b in 0..40 {
+        let batch: Vec<Value> = (0..50)
+            .map(|i| json!({"channel": "arena/lag", "event_type": "t", "data": {"i": b * 50 + i, "pad": pad}}))
+            .collect();
+        assert_eq!(server.publish(json!(batch)).await.0, 200);
+    }
+    assert_eq!(
+        seqs(&slow.events(2000).await),
+        (1..=2000).collect::<Vec<_>>()
+    );
+    let text = scrape(&server).await;
+    assert!(
+        sample(&text, "streamlog_lag_recoveries_total").unwrap() >= 1.0,
+        "{text}"
+    );
 }
