@@ -27,15 +27,21 @@
 //! - [`fanout`] — channel registry and per-connection bounded queues, lag detection.
 //! - [`filter`] — subscription filters.
 //! - [`protocol`] — client and server messages and their encodings; no IO.
-//! - [`ws`] — the WebSocket gateway: upgrade, reader task, session loop, subscriptions,
-//!   replays.
+//! - [`ws`] — the WebSocket gateway: handshake checks (origin, token, bans, connection
+//!   slots), upgrade, reader task, session loop (rate limit, heartbeat, token expiry),
+//!   subscriptions, replays.
 //! - [`http`] — REST routes: health, publish, history, datasets.
 //! - [`datasets`] — sealed datasets on pinned seq lists: statistics, export, anonymization.
-//! - [`auth`] — credentials to `Principal`, and what a principal may do.
+//! - [`auth`] — credentials (JWT) to `Principal`, and what a principal may do; the only
+//!   code that touches jsonwebtoken.
+//! - [`rate_limit`] — the per-connection token bucket on client messages; owns governor.
+//! - [`bans`] — clients refused at the handshake for a while after flooding.
+//! - [`tls`] — built-in TLS: rustls configuration and a listener of finished handshakes.
 //! - [`error`] — `ApiError`, the one mapping of failures to HTTP and protocol errors.
 
 pub mod app;
 pub mod auth;
+pub mod bans;
 pub mod client;
 pub mod config;
 pub mod datasets;
@@ -48,5 +54,7 @@ pub mod log;
 pub mod metrics;
 pub mod protocol;
 pub mod publish;
+pub mod rate_limit;
 pub mod server;
+pub mod tls;
 pub mod ws;
