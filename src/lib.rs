@@ -52,6 +52,8 @@ pub mod filter;
 pub mod http;
 pub mod log;
 pub mod metrics;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod publish;
 pub mod rate_limit;

@@ -298,3 +298,25 @@ async fn browser_origins_outside_the_allowed_list_get_403() {
     let mut ws = server.ws("/ws").await;
     ws.recv_type("connection_established").await;
 }
+
+#[tokio::test]
+async fn admin_endpoints_need_the_admin_permission() {
+    let server = Server::start_with(&jwt_config("")).await;
+    let reader = token("r", &["subscribe:*", "publish:*"]);
+    let admin = token("root", &["admin"]);
+    for path in ["/api/v1/connections", "/api/v1/channels"] {
+        let (status, body) = server.get_as(None, path).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("UNAUTHORIZED")),
+            "{path}"
+        );
+        let (status, body) = server.get_as(Some(&reader), path).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("FORBIDDEN")),
+            "{path}"
+        );
+        assert_eq!(server.get_as(Some(&admin), path).await.0, 200, "{path}");
+    }
+}
