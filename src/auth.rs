@@ -158,7 +158,10 @@ impl Authenticator {
             v.set_required_spec_claims(&["exp", "sub"]);
             v.validate_nbf = true;
             match &config.audience {
-                Some(audience) => v.set_audience(&[audience]),
+                Some(audience) => {
+                    v.set_audience(&[audience]);
+                    v.required_spec_claims.insert("aud".into());
+                }
                 // Without a configured audience there is nothing to compare `aud` with.
                 None => v.validate_aud = false,
             }
@@ -378,6 +381,45 @@ mod tests {
             assert_eq!(e.status.as_u16(), 401, "{token:?}");
             assert!(e.message.contains(words), "{token:?}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn audience_and_issuer_are_required_when_configured() {
+        let mut c = config("s");
+        c.audience = Some("streamlog".into());
+        c.issuer = Some("https://id.example".into());
+        let auth = Authenticator::new(&c).unwrap();
+        let exp = now() + 60;
+        let good = json!({"sub": "u", "exp": exp, "aud": "streamlog", "iss": "https://id.example"});
+        auth.authenticate(Some(&mint("s", good))).unwrap();
+        let cases = [
+            (
+                json!({"sub": "u", "exp": exp, "iss": "https://id.example"}),
+                "aud",
+            ),
+            (
+                json!({"sub": "u", "exp": exp, "aud": "other", "iss": "https://id.example"}),
+                "audience",
+            ),
+            (json!({"sub": "u", "exp": exp, "aud": "streamlog"}), "iss"),
+            (
+                json!({"sub": "u", "exp": exp, "aud": "streamlog", "iss": "https://evil"}),
+                "issuer",
+            ),
+        ];
+        for (claims, words) in cases {
+            let e = auth
+                .authenticate(Some(&mint("s", claims.clone())))
+                .unwrap_err();
+            assert!(e.message.contains(words), "{claims}: {}", e.message);
+        }
+        // Without a configured audience, a token's `aud` is not held against it.
+        let auth = Authenticator::new(&config("s")).unwrap();
+        auth.authenticate(Some(&mint(
+            "s",
+            json!({"sub": "u", "exp": exp, "aud": "x"}),
+        )))
+        .unwrap();
     }
 
     #[test]

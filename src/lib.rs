@@ -21,7 +21,8 @@
 //! - [`server`] — wiring and lifecycle (bind, serve, graceful shutdown).
 //! - [`app`] — the state shared by routes and sessions.
 //! - [`event`] — channel names and patterns, `NewEvent` (validated input), `Event` (stored).
-//! - [`publish`] — the only write path: parse and validate bodies, append.
+//! - [`publish`] — the only write path: parse and validate bodies (batch limits enforced while
+//!   reading), append.
 //! - [`log`] — the `EventLog` trait; `log/sled/` is the embedded engine, the only code
 //!   that touches sled; `log/codec.rs` defines the bytes (see `storage-format.md`).
 //! - [`fanout`] — channel registry and per-connection bounded queues, lag detection.
@@ -38,6 +39,8 @@
 //! - [`bans`] — clients refused at the handshake for a while after flooding.
 //! - [`tls`] — built-in TLS: rustls configuration and a listener of finished handshakes.
 //! - [`error`] — `ApiError`, the one mapping of failures to HTTP and protocol errors.
+//! - `proptests.rs` — property tests of the parsers of client input (`fuzz/` holds the
+//!   cargo-fuzz targets for the same parsers, outside the workspace).
 
 pub mod app;
 pub mod auth;
