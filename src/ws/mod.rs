@@ -5,6 +5,7 @@
 //! Architecture invariant: `ws/` is the only code that touches fastwebsockets.
 
 mod handshake;
+mod linger;
 mod publishing;
 mod reader;
 mod replay;
@@ -220,9 +221,12 @@ async fn run_connection(
 ) {
     // Nothing has been read from the upgraded stream yet, so taking it out of the
     // WebSocket loses nothing; the writing half gets the gathering buffer.
-    let (read_half, write_half) = tokio::io::split(ws.into_inner());
-    let (read, write) =
-        fastwebsockets::after_handshake_split(read_half, Gather::new(write_half), Role::Server);
+    let mut stream = linger::Shared::new(ws.into_inner());
+    let (read, write) = fastwebsockets::after_handshake_split(
+        stream.clone(),
+        Gather::new(stream.clone()),
+        Role::Server,
+    );
     let timeout = Duration::from_secs(app.config.delivery.write_timeout_secs);
     let stats = Arc::new(ConnectionStats::default());
     let mut sink = FrameSink::new(write, timeout, stats.clone());
@@ -242,6 +246,8 @@ async fn run_connection(
             audit_refused(&info.user, admission.remote, reason);
             METRICS.connection_refused(close::TRY_AGAIN_LATER);
             sink.close(close::TRY_AGAIN_LATER, reason).await;
+            drop(sink);
+            linger::linger(&mut stream).await;
             return;
         }
     };
@@ -276,6 +282,9 @@ async fn run_connection(
     let code = closed_with.map_or_else(|| "client".to_string(), |code| code.to_string());
     METRICS.connection_closed(&code);
     tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, close = %code, "connection closed");
+    if closed_with.is_some() {
+        linger::linger(&mut stream).await;
+    }
 }
 
 /// Where a connection comes from, and its place among the connections (or which limit
