@@ -54,6 +54,15 @@ pub async fn serve_until(
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
     };
+    if config.auth.mode == AuthMode::Jwt
+        && !config.auth.hs256_secret.is_empty()
+        && config.auth.hs256_secret.len() < 32
+    {
+        tracing::warn!(
+            "auth.hs256_secret is shorter than 32 bytes: an HS256 secret should hold at least \
+             256 random bits, or tokens can be forged by guessing it"
+        );
+    }
     if config.auth.mode == AuthMode::None {
         tracing::warn!(
             auth_mode = "none",
