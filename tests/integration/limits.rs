@@ -15,7 +15,7 @@ fn jwt_config(extra: &str) -> String {
 #[tokio::test]
 async fn over_the_rate_a_message_is_refused_with_its_limit_and_wait() {
     let server =
-        Server::start_with("[limits]\nmessages_per_second = 2\nburst = 3\nflood_refusals = 100")
+        Server::start_with("[limits]\nmessages_per_second = 1\nburst = 3\nflood_refusals = 100")
             .await;
     let mut ws = server.ws("/ws").await;
     ws.recv_type("connection_established").await;
@@ -30,9 +30,9 @@ async fn over_the_rate_a_message_is_refused_with_its_limit_and_wait() {
             "pong" => pongs += 1,
             "error" => {
                 assert_eq!(message["code"], "RATE_LIMIT_EXCEEDED");
-                assert_eq!(message["details"]["limit"], 2);
+                assert_eq!(message["details"]["limit"], 1);
                 let wait = message["details"]["retry_after_ms"].as_u64().unwrap();
-                assert!((1..=500).contains(&wait), "{wait}");
+                assert!((1..=1000).contains(&wait), "{wait}");
                 refusals += 1;
             }
             other => panic!("unexpected {other}"),
