@@ -1,11 +1,14 @@
 //! The shared state every route and session sees: configuration, the log, the fan-out hub,
-//! the publisher, the authenticator and the shutdown signal.
+//! the publisher, the authenticator, the ban list and the shutdown signal.
 
 use std::{ops::Deref, sync::Arc};
 
 use tokio::sync::watch;
 
-use crate::{auth::Authenticator, config::Config, fanout::Hub, log::EventLog, publish::Publisher};
+use crate::{
+    auth::Authenticator, bans::BanList, config::Config, fanout::Hub, log::EventLog,
+    publish::Publisher,
+};
 
 pub struct App {
     pub config: Config,
@@ -13,6 +16,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub publisher: Publisher,
     pub auth: Authenticator,
+    /// Clients refused at the handshake for a while after flooding.
+    pub bans: BanList,
     /// Turns `true` once shutdown begins; sessions close with 1001 when they see it.
     pub shutdown: watch::Receiver<bool>,
 }

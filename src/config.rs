@@ -46,7 +46,13 @@ pub struct Config {
     pub storage: StorageConfig,
     pub delivery: DeliveryConfig,
     pub shutdown: ShutdownConfig,
+    pub security: SecurityConfig,
+    pub tls: TlsConfig,
     pub high_frequency: Vec<HighFrequencyRule>,
+    /// `serve --insecure-demo`: mode `none` may listen on a non-loopback address. Only the
+    /// command line sets it, so that a config file cannot open a demo server to the network.
+    #[serde(skip)]
+    pub insecure_demo: bool,
 }
 
 impl Default for Config {
@@ -61,7 +67,10 @@ impl Default for Config {
             storage: StorageConfig::default(),
             delivery: DeliveryConfig::default(),
             shutdown: ShutdownConfig::default(),
+            security: SecurityConfig::default(),
+            tls: TlsConfig::default(),
             high_frequency: Vec::new(),
+            insecure_demo: false,
         }
     }
 }
@@ -79,7 +88,15 @@ pub enum AuthMode {
 pub struct AuthConfig {
     pub mode: AuthMode,
     pub hs256_secret: String,
+    /// An RSA (RS256) or EC P-256 (ES256) public key: the PEM text, or the path of a PEM file.
     pub rs256_public_key_pem: Option<String>,
+    /// Clock skew allowed between the token issuer and this server, on `exp` and `nbf`. A
+    /// connection is closed once `exp` plus this leeway has passed.
+    pub leeway_secs: u64,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -88,6 +105,9 @@ impl Default for AuthConfig {
             mode: AuthMode::None,
             hs256_secret: String::new(),
             rs256_public_key_pem: None,
+            leeway_secs: 30,
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -107,6 +127,11 @@ pub struct LimitsConfig {
     pub max_http_body_bytes: usize,
     /// Most events one publish request may carry.
     pub max_batch_events: usize,
+    /// Messages refused by the rate limit within `FLOOD_WINDOW` after which the connection
+    /// is closed with 1008 and its user (or, in mode `none`, its address) is banned.
+    pub flood_refusals: u32,
+    /// How long a flooding user is refused at the handshake (429).
+    pub flood_ban_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -120,6 +145,8 @@ impl Default for LimitsConfig {
             max_subscriptions_per_connection: 100,
             max_http_body_bytes: 16 << 20,
             max_batch_events: 10_000,
+            flood_refusals: 50,
+            flood_ban_secs: 60,
         }
     }
 }
@@ -193,6 +220,30 @@ impl Default for DeliveryConfig {
     }
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Origins (`https://app.example.com`) whose browser pages may open WebSockets. Empty:
+    /// every origin. Requests without an `Origin` header (non-browser clients) always pass.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Built-in TLS: both paths or neither.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
@@ -231,6 +282,7 @@ fn default_batch_messages() -> usize {
 pub struct CliOverrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub insecure_demo: bool,
 }
 
 impl Config {
@@ -248,6 +300,7 @@ impl Config {
         if let Some(dir) = &cli.data_dir {
             config.data_dir = dir.clone();
         }
+        config.insecure_demo = cli.insecure_demo;
         config.validate()?;
         Ok(config)
     }
@@ -289,7 +342,17 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_addr()?;
+        let addr = self.listen_addr()?;
+        if self.auth.mode == AuthMode::None && !addr.ip().is_loopback() && !self.insecure_demo {
+            return Err(invalid(
+                "auth.mode",
+                format!(
+                    "mode `none` lets anyone publish and read; it only listens on loopback, \
+                     not on {addr}. Use auth.mode = \"jwt\", or pass --insecure-demo"
+                ),
+            ));
+        }
+        self.validate_security()?;
         if self.auth.mode == AuthMode::Jwt
             && self.auth.hs256_secret.is_empty()
             && self.auth.rs256_public_key_pem.is_none()
@@ -320,6 +383,8 @@ impl Config {
                 self.limits.max_http_body_bytes,
             ),
             ("limits.max_batch_events", self.limits.max_batch_events),
+            ("limits.flood_refusals", self.limits.flood_refusals as usize),
+            ("limits.flood_ban_secs", self.limits.flood_ban_secs as usize),
             (
                 "heartbeat.interval_secs",
                 self.heartbeat.interval_secs as usize,
@@ -363,6 +428,28 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        for (i, origin) in self.security.allowed_origins.iter().enumerate() {
+            let well_formed = origin.split_once("://").is_some_and(|(scheme, host)| {
+                !scheme.is_empty() && !host.is_empty() && !host.contains('/')
+            });
+            if !well_formed {
+                return Err(invalid(
+                    &format!("security.allowed_origins[{i}]"),
+                    format!("`{origin}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => Err(invalid("tls.key", "tls.cert is set; tls.key is needed too")),
+            (None, Some(_)) => Err(invalid(
+                "tls.cert",
+                "tls.key is set; tls.cert is needed too",
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -429,5 +516,59 @@ mod tests {
             .apply_env(|k| (k == "STREAMLOG_AUTH_MODE").then(|| "maybe".into()))
             .unwrap_err();
         assert!(err.to_string().contains("none"));
+    }
+
+    #[test]
+    fn mode_none_stays_on_loopback_unless_the_demo_is_declared_insecure() {
+        let mut config = Config {
+            listen: "0.0.0.0:8000".into(),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.mode") && err.contains("--insecure-demo"),
+            "{err}"
+        );
+        config.insecure_demo = true;
+        config.validate().unwrap();
+        config.insecure_demo = false;
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.hs256_secret = "s".into();
+        config.validate().unwrap();
+        for loopback in ["127.0.0.1:0", "[::1]:0", "127.0.0.2:80"] {
+            let config = Config {
+                listen: loopback.into(),
+                ..Config::default()
+            };
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn security_and_tls_keys_are_checked() {
+        let cases = [
+            (
+                "[security]\nallowed_origins = [\"https://a.example\", \"x\"]",
+                "security.allowed_origins[1]",
+            ),
+            (
+                "[security]\nallowed_origins = [\"https://a.example/\"]",
+                "security.allowed_origins[0]",
+            ),
+            ("[tls]\ncert = \"c.pem\"", "tls.key"),
+            ("[tls]\nkey = \"k.pem\"", "tls.cert"),
+            ("[limits]\nflood_refusals = 0", "limits.flood_refusals"),
+        ];
+        for (text, key) in cases {
+            let config: Config = toml::from_str(text).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config: Config = toml::from_str(
+            "[security]\nallowed_origins = [\"http://localhost:3000\"]\n[tls]\ncert = \"c\"\nkey = \"k\"",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert!(config.tls.enabled());
     }
 }

@@ -3,7 +3,7 @@
 //! errors) are logged, never sent.
 
 use axum::{
-    http::StatusCode,
+    http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -63,6 +63,16 @@ impl ApiError {
         )
     }
 
+    /// Over a rate limit: `details` say the limit and when to try again.
+    pub fn rate_limited(message: impl Into<String>, limit: u32, retry_after_ms: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimitExceeded,
+            message,
+        )
+        .with_details(json!({ "limit": limit, "retry_after_ms": retry_after_ms }))
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,6 +124,14 @@ impl IntoResponse for ApiError {
         if let Some(details) = self.details {
             error["details"] = details;
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme it wants.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"streamlog\""),
+            );
+        }
+        response
     }
 }

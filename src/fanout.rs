@@ -103,7 +103,47 @@ struct Registry {
     connections: HashMap<ConnectionId, Arc<ConnectionHandle>>,
     /// channel -> connections subscribed to it (one entry per connection).
     channels: HashMap<Channel, HashMap<ConnectionId, Arc<ConnectionHandle>>>,
+    /// Slots taken, by handshakes in progress and by open connections: what the
+    /// connection limits count.
+    occupied: usize,
     per_user: HashMap<String, usize>,
+}
+
+/// A place among the connections, taken at the handshake and counted against the limits
+/// from then on, so that many handshakes at once cannot all pass the check and exceed the
+/// limits together. Dropped unused (the upgrade failed), it frees its place.
+pub struct Slot {
+    hub: Arc<Hub>,
+    user: String,
+    /// Cleared when a connection takes the slot over; `disconnect` frees it then.
+    armed: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.write().release(&self.user);
+        }
+    }
+}
+
+/// Which connection limit a handshake ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    Total,
+    PerUser,
+}
+
+impl Registry {
+    fn release(&mut self, user: &str) {
+        self.occupied -= 1;
+        if let Some(count) = self.per_user.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_user.remove(user);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -144,13 +184,43 @@ impl Hub {
         })
     }
 
-    /// Registers a connection; the receiver is its queue.
+    /// Takes a slot for a connection of `user`, unless that would pass `max_total`
+    /// connections, or `max_per_user` of this user (`None`: no per-user limit).
+    pub fn reserve(
+        self: &Arc<Self>,
+        user: &str,
+        max_total: usize,
+        max_per_user: Option<usize>,
+    ) -> Result<Slot, SlotRefusal> {
+        let mut registry = self.write();
+        if registry.occupied >= max_total {
+            return Err(SlotRefusal::Total);
+        }
+        let of_user = registry.per_user.get(user).copied().unwrap_or(0);
+        if max_per_user.is_some_and(|max| of_user >= max) {
+            return Err(SlotRefusal::PerUser);
+        }
+        registry.occupied += 1;
+        *registry.per_user.entry(user.to_string()).or_default() += 1;
+        Ok(Slot {
+            hub: self.clone(),
+            user: user.to_string(),
+            armed: true,
+        })
+    }
+
+    /// Registers a connection in its slot; the receiver is its queue. The slot is freed by
+    /// `disconnect`.
     pub fn connect(
         &self,
+        mut slot: Slot,
         info: ConnectionInfo,
         stats: Arc<ConnectionStats>,
         queue_capacity: usize,
     ) -> (Arc<ConnectionHandle>, mpsc::Receiver<Arc<AppendedGroup>>) {
+        // The slot was counted for its user: the connection must be that user's.
+        debug_assert_eq!(slot.user, info.user);
+        slot.armed = false;
         let (tx, rx) = mpsc::channel(queue_capacity);
         let handle = Arc::new(ConnectionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
@@ -164,10 +234,7 @@ impl Hub {
             lagged: AtomicBool::new(false),
             last_group: AtomicU64::new(0),
         });
-        let mut registry = self.write();
-        registry.connections.insert(handle.id, handle.clone());
-        *registry.per_user.entry(handle.user.clone()).or_default() += 1;
-        drop(registry);
+        self.write().connections.insert(handle.id, handle.clone());
         (handle, rx)
     }
 
@@ -176,12 +243,7 @@ impl Hub {
         let Some(handle) = registry.connections.remove(&id) else {
             return;
         };
-        if let Some(count) = registry.per_user.get_mut(&handle.user) {
-            *count -= 1;
-            if *count == 0 {
-                registry.per_user.remove(&handle.user);
-            }
-        }
+        registry.release(&handle.user);
         registry.channels.retain(|_, subscribers| {
             subscribers.remove(&id);
             !subscribers.is_empty()
@@ -207,12 +269,19 @@ impl Hub {
         }
     }
 
+    /// Slots of `user`: its open connections and its handshakes in progress.
     pub fn connections_of(&self, user: &str) -> usize {
         self.read().per_user.get(user).copied().unwrap_or(0)
     }
 
+    /// Open connections (handshakes in progress are not counted).
     pub fn connection_count(&self) -> usize {
         self.read().connections.len()
+    }
+
+    /// (channel, connection) pairs registered for live delivery.
+    pub fn subscription_count(&self) -> usize {
+        self.read().channels.values().map(HashMap::len).sum()
     }
 
     pub fn subscriber_count(&self, channel: &Channel) -> usize {
@@ -298,16 +367,20 @@ mod tests {
         ))]))
     }
 
+    fn info(user: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            client_id: format!("c-{user}"),
+            user: user.into(),
+            remote_addr: None,
+            connected_at_ms: 0,
+        }
+    }
+
     #[test]
     fn offers_once_per_connection_and_flags_lag_when_full() {
         let hub = Hub::new();
-        let info = ConnectionInfo {
-            client_id: "c".into(),
-            user: "u".into(),
-            remote_addr: None,
-            connected_at_ms: 0,
-        };
-        let (conn, mut queue) = hub.connect(info, Default::default(), 2);
+        let slot = hub.reserve("u", 10, Some(1)).unwrap();
+        let (conn, mut queue) = hub.connect(slot, info("u"), Default::default(), 2);
         let a = Channel::parse("arena/a").unwrap();
         let b = Channel::parse("arena/b").unwrap();
         hub.subscribe(&conn, &a);
@@ -336,5 +409,30 @@ mod tests {
         hub.disconnect(conn.id);
         assert_eq!(hub.connection_count(), 0);
         assert_eq!(hub.subscriber_count(&a), 0);
+    }
+
+    #[test]
+    fn slots_count_handshakes_and_connections_and_are_freed_once() {
+        let hub = Hub::new();
+        let a1 = hub.reserve("a", 3, Some(2)).unwrap();
+        let a2 = hub.reserve("a", 3, Some(2)).unwrap();
+        assert_eq!(
+            hub.reserve("a", 3, Some(2)).err(),
+            Some(SlotRefusal::PerUser)
+        );
+        let b1 = hub.reserve("b", 3, None).unwrap();
+        assert_eq!(hub.reserve("c", 3, None).err(), Some(SlotRefusal::Total));
+        drop(a2);
+        assert_eq!(hub.connections_of("a"), 1);
+        let (conn, _queue) = hub.connect(a1, info("a"), Default::default(), 1);
+        assert_eq!((hub.connection_count(), hub.connections_of("a")), (1, 1));
+        hub.disconnect(conn.id);
+        hub.disconnect(conn.id);
+        assert_eq!((hub.connection_count(), hub.connections_of("a")), (0, 0));
+        drop(b1);
+        for user in ["x", "y", "z"] {
+            std::mem::forget(hub.reserve(user, 3, Some(1)).unwrap());
+        }
+        assert_eq!(hub.reserve("w", 3, None).err(), Some(SlotRefusal::Total));
     }
 }

@@ -15,6 +15,12 @@ use crate::event::Event;
 const MAX_CONDITIONS: usize = 32;
 const MAX_PATH_DEPTH: usize = 8;
 const MAX_IN_VALUES: usize = 256;
+/// Nesting of the whole filter object, literals included: comparing deep literals costs
+/// every event, and nothing useful needs more.
+const MAX_NESTING: usize = 8;
+/// Size of the whole filter, counted as its JSON values plus the bytes of its strings and
+/// keys: a subscription's filter is kept for its whole life and run on every event.
+const MAX_FILTER_SIZE: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -68,6 +74,7 @@ impl Filter {
             Value::Object(map) => map,
             _ => return Err(err("filters must be an object")),
         };
+        check_size(value)?;
         if map.len() > MAX_CONDITIONS {
             return Err(err(format!("at most {MAX_CONDITIONS} keys")));
         }
@@ -102,6 +109,36 @@ impl Filter {
         let data = event.data_value();
         self.conditions.iter().all(|c| c.holds(data))
     }
+}
+
+/// Refuses filters nested deeper than `MAX_NESTING` or larger than `MAX_FILTER_SIZE`,
+/// without recursing further than `MAX_NESTING` itself.
+fn check_size(filter: &Value) -> Result<(), FilterError> {
+    let mut size = 0usize;
+    let mut pending = vec![(filter, 1usize)];
+    while let Some((value, depth)) = pending.pop() {
+        if depth > MAX_NESTING {
+            return Err(err(format!("filters nest at most {MAX_NESTING} levels")));
+        }
+        size += 1;
+        match value {
+            Value::String(text) => size += text.len(),
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => {
+                for (key, v) in map {
+                    size += key.len();
+                    pending.push((v, depth + 1));
+                }
+            }
+            _ => {}
+        }
+        if size > MAX_FILTER_SIZE {
+            return Err(err(format!(
+                "filters are limited to {MAX_FILTER_SIZE} bytes of keys and values"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn parse_types(value: &Value) -> Result<Vec<String>, FilterError> {
@@ -254,6 +291,14 @@ mod tests {
             (json!({"score": {"min": "a"}}), "number"),
             (json!({"a..b": 1}), "dot path"),
             (json!({"x": {}}), "no operator"),
+            (
+                json!({"x": {"eq": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}}}),
+                "nest",
+            ),
+            (
+                json!({"x": {"in": ["a".repeat(9000), "b".repeat(9000)]}}),
+                "limited",
+            ),
         ] {
             let e = Filter::parse(&bad).unwrap_err().to_string();
             assert!(e.contains(words), "{bad}: {e}");

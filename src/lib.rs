@@ -21,21 +21,30 @@
 //! - [`server`] — wiring and lifecycle (bind, serve, graceful shutdown).
 //! - [`app`] — the state shared by routes and sessions.
 //! - [`event`] — channel names and patterns, `NewEvent` (validated input), `Event` (stored).
-//! - [`publish`] — the only write path: parse and validate bodies, append.
+//! - [`publish`] — the only write path: parse and validate bodies (batch limits enforced while
+//!   reading), append.
 //! - [`log`] — the `EventLog` trait; `log/sled/` is the embedded engine, the only code
 //!   that touches sled; `log/codec.rs` defines the bytes (see `storage-format.md`).
 //! - [`fanout`] — channel registry and per-connection bounded queues, lag detection.
 //! - [`filter`] — subscription filters.
 //! - [`protocol`] — client and server messages and their encodings; no IO.
-//! - [`ws`] — the WebSocket gateway: upgrade, reader task, session loop, subscriptions,
-//!   replays.
+//! - [`ws`] — the WebSocket gateway: handshake checks (origin, token, bans, connection
+//!   slots), upgrade, reader task, session loop (rate limit, heartbeat, token expiry),
+//!   subscriptions, replays.
 //! - [`http`] — REST routes: health, publish, history, datasets.
 //! - [`datasets`] — sealed datasets on pinned seq lists: statistics, export, anonymization.
-//! - [`auth`] — credentials to `Principal`, and what a principal may do.
+//! - [`auth`] — credentials (JWT) to `Principal`, and what a principal may do; the only
+//!   code that touches jsonwebtoken.
+//! - [`rate_limit`] — the per-connection token bucket on client messages; owns governor.
+//! - [`bans`] — clients refused at the handshake for a while after flooding.
+//! - [`tls`] — built-in TLS: rustls configuration and a listener of finished handshakes.
 //! - [`error`] — `ApiError`, the one mapping of failures to HTTP and protocol errors.
+//! - `proptests.rs` — property tests of the parsers of client input (`fuzz/` holds the
+//!   cargo-fuzz targets for the same parsers, outside the workspace).
 
 pub mod app;
 pub mod auth;
+pub mod bans;
 pub mod client;
 pub mod config;
 pub mod datasets;
@@ -46,7 +55,11 @@ pub mod filter;
 pub mod http;
 pub mod log;
 pub mod metrics;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod publish;
+pub mod rate_limit;
 pub mod server;
+pub mod tls;
 pub mod ws;

@@ -44,6 +44,10 @@ enum Command {
         /// Directory of the log (overrides `data_dir`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Allow auth mode `none` on a non-loopback address: anyone who can reach the
+        /// server may then publish, read and administer it.
+        #[arg(long)]
+        insecure_demo: bool,
     },
     #[command(flatten)]
     Client(ClientCommand),
@@ -272,7 +276,15 @@ fn main() -> ExitCode {
             config,
             listen,
             data_dir,
-        } => serve_main(config, CliOverrides { listen, data_dir }),
+            insecure_demo,
+        } => serve_main(
+            config,
+            CliOverrides {
+                listen,
+                data_dir,
+                insecure_demo,
+            },
+        ),
     }
 }
 

@@ -3,9 +3,11 @@
 //! here: it follows the log's own notification, so nothing reaches a subscriber before it
 //! is durable, whoever appended it.
 
-use std::sync::Arc;
+mod bounded;
 
-use serde::Deserialize;
+use std::{cell::Cell, sync::Arc};
+
+use serde::{de::DeserializeSeed, Deserialize};
 use serde_json::{value::RawValue, Value};
 
 use crate::{
@@ -81,18 +83,37 @@ pub fn parse_body(
     body: &[u8],
     max_events: usize,
 ) -> Result<ParsedBody, ApiError> {
+    let overflowed = Cell::new(false);
+    let seed = bounded::BatchSeed {
+        max: max_events,
+        overflowed: &overflowed,
+    };
+    let too_many = || ApiError::too_large(format!("a batch holds at most {max_events} events"));
     let (items, is_batch) = match format {
         BodyFormat::Json => {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-            split_batch(value)?
+            let mut de = serde_json::Deserializer::from_slice(body);
+            match seed.deserialize(&mut de).and_then(|parsed| {
+                de.end()?;
+                Ok(parsed)
+            }) {
+                Ok(parsed) => parsed,
+                Err(_) if overflowed.get() => return Err(too_many()),
+                Err(e) => {
+                    return Err(ApiError::bad_request(format!(
+                        "body is not valid JSON: {e}"
+                    )))
+                }
+            }
         }
-        BodyFormat::Msgpack => {
-            let value = crate::protocol::decode_msgpack(body).map_err(|e| {
-                ApiError::bad_request(format!("body is not a MessagePack map or array: {e}"))
-            })?;
-            split_batch(value)?
-        }
+        BodyFormat::Msgpack => match crate::protocol::decode_msgpack_seed(body, seed) {
+            Ok(parsed) => parsed,
+            Err(_) if overflowed.get() => return Err(too_many()),
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "body is not a MessagePack map or array: {e}"
+                )))
+            }
+        },
         BodyFormat::Ndjson => {
             let text = std::str::from_utf8(body)
                 .map_err(|_| ApiError::bad_request("NDJSON body is not UTF-8"))?;
@@ -100,6 +121,9 @@ pub fn parse_body(
             for (line_no, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
+                }
+                if items.len() == max_events {
+                    return Err(too_many());
                 }
                 items.push(serde_json::from_str(line).map_err(|e| {
                     ApiError::bad_request(format!("line {}: not valid JSON: {e}", line_no + 1))
@@ -110,12 +134,6 @@ pub fn parse_body(
     };
     if items.is_empty() {
         return Err(ApiError::bad_request("the batch holds no event"));
-    }
-    if items.len() > max_events {
-        return Err(ApiError::too_large(format!(
-            "a batch holds at most {max_events} events, this one {}",
-            items.len()
-        )));
     }
     let events = items
         .into_iter()
@@ -133,16 +151,6 @@ pub fn parse_body(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ParsedBody { events, is_batch })
-}
-
-fn split_batch(value: Value) -> Result<(Vec<Value>, bool), ApiError> {
-    match value {
-        Value::Array(items) => Ok((items, true)),
-        Value::Object(_) => Ok((vec![value], false)),
-        _ => Err(ApiError::bad_request(
-            "the body must be an event object or an array of them",
-        )),
-    }
 }
 
 /// Turns one publisher-written event into a `NewEvent`, or says exactly what is wrong.
@@ -345,6 +353,22 @@ mod tests {
             .unwrap_err()
             .status
             .as_u16(),
+            413
+        );
+        let ndjson = b"{\"channel\":\"a/b\",\"event_type\":\"t\"}\n".repeat(3);
+        assert_eq!(
+            parse_body(BodyFormat::Ndjson, &ndjson, 2)
+                .unwrap_err()
+                .status
+                .as_u16(),
+            413
+        );
+        let msgpack = rmp_serde::to_vec_named(&json!([{}, {}, {}])).unwrap();
+        assert_eq!(
+            parse_body(BodyFormat::Msgpack, &msgpack, 2)
+                .unwrap_err()
+                .status
+                .as_u16(),
             413
         );
         assert!(BodyFormat::from_content_type(Some("text/plain")).is_err());

@@ -1,26 +1,35 @@
 //! Wiring and lifecycle: open the log, start the fan-out, bind, serve, and shut down in
 //! order — stop accepting, close every socket with 1001, flush the log, return.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt;
+use axum::{
+    serve::{Listener, ListenerExt},
+    Router,
+};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     app::{App, AppState},
-    auth::Authenticator,
-    config::{AuthMode, Config},
+    auth::{AuthSetupError, Authenticator},
+    bans::BanList,
+    config::{AuthMode, Config, ConfigError},
     fanout::Hub,
     log::{sled::SledLog, EventLog, LogError},
     publish::Publisher,
+    tls::{self, TlsListener, TlsSetupError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot open the log: {0}")]
     Log(#[from] LogError),
-    #[error("auth: {0}")]
-    Auth(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -39,10 +48,21 @@ pub async fn serve_until(
     config: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let addr = config
-        .listen_addr()
-        .map_err(|e| ServeError::Auth(e.to_string()))?;
-    let auth = Authenticator::new(&config.auth).map_err(ServeError::Auth)?;
+    let addr = config.listen_addr()?;
+    let auth = Authenticator::new(&config.auth)?;
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    if config.auth.mode == AuthMode::Jwt
+        && !config.auth.hs256_secret.is_empty()
+        && config.auth.hs256_secret.len() < 32
+    {
+        tracing::warn!(
+            "auth.hs256_secret is shorter than 32 bytes: an HS256 secret should hold at least \
+             256 random bits, or tokens can be forged by guessing it"
+        );
+    }
     if config.auth.mode == AuthMode::None {
         tracing::warn!(
             auth_mode = "none",
@@ -58,12 +78,14 @@ pub async fn serve_until(
     let hub = Hub::new();
     let dispatcher = hub.spawn_dispatcher(log.watch());
     let (stopping_tx, stopping) = watch::channel(false);
+    let bans = BanList::new(Duration::from_secs(config.limits.flood_ban_secs));
     let state = AppState::new(App {
         config,
         log: log.clone(),
         hub: hub.clone(),
         publisher: Publisher::new(log.clone()),
         auth,
+        bans,
         shutdown: stopping,
     });
 
@@ -74,11 +96,8 @@ pub async fn serve_until(
             source,
         })?;
     let local = listener.local_addr()?;
-    // Small frames must not wait for Nagle's algorithm: see the README's performance notes.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tracing::info!(addr = %local, "streamlog listening on {local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %local, scheme, "streamlog listening on {local}");
 
     let router = crate::http::router(state.clone());
     let drain_timeout = Duration::from_secs(state.config.shutdown.drain_timeout_secs);
@@ -94,12 +113,21 @@ pub async fn serve_until(
             std::process::exit(130);
         });
     };
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful)
-    .await?;
+    match tls {
+        Some(config) => {
+            // The TLS listener sets TCP_NODELAY itself, before the handshake.
+            let listener = TlsListener::new(listener, config)?.tap_io(|_| {});
+            serve_http(listener, router, graceful).await?;
+        }
+        None => {
+            // Small frames must not wait for Nagle's algorithm: see the README's
+            // performance notes.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            serve_http(listener, router, graceful).await?;
+        }
+    }
 
     // Upgraded WebSockets are not tracked by the HTTP server: wait for the sessions.
     let deadline = tokio::time::Instant::now() + drain_timeout;
@@ -110,6 +138,22 @@ pub async fn serve_until(
     dispatcher.abort();
     tracing::info!(head = log.head(), "log flushed; stopped");
     Ok(())
+}
+
+/// Serves until `graceful` completes; handlers see the peer address (`ConnectInfo`).
+async fn serve_http<L, F>(
+    listener: axum::serve::TapIo<L, F>,
+    router: Router,
+    graceful: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    F: FnMut(&mut L::Io) + Send + 'static,
+{
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(graceful)
+        .await
 }
 
 async fn shutdown_signal() {

@@ -51,6 +51,7 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
         "head": app.log.head(),
         "epoch": app.log.epoch(),
         "connections": app.hub.connection_count(),
+        "subscriptions": app.hub.subscription_count(),
     }))
 }
 

@@ -18,7 +18,8 @@ pub use client::{
 };
 pub use server::{ErrorCode, ServerMessage, SubscriptionInfo};
 pub use stored::{
-    decode_msgpack, gzip, write_stored_event_json, write_stored_event_msgpack, GzipStream,
+    decode_msgpack, decode_msgpack_seed, gzip, write_stored_event_json, write_stored_event_msgpack,
+    GzipStream,
 };
 
 use crate::event::Event;

@@ -49,6 +49,16 @@ pub fn decode_msgpack(bytes: &[u8]) -> Result<Value, String> {
     rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
 }
 
+/// Decodes a MessagePack body with a deserializer of the caller's choice (one that can
+/// refuse while reading, for instance).
+pub fn decode_msgpack_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value, String> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    seed.deserialize(&mut de).map_err(|e| e.to_string())
+}
+
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(bytes.len() / 4 + 64),

@@ -1,9 +1,11 @@
 //! The WebSocket gateway: `GET /ws` and `GET /ws/{kind}/{id}`. This module checks the
-//! request (query, credentials, connection limits) before the upgrade, then starts the
-//! connection's reader task and session.
+//! request before the upgrade (query, origin, credentials, bans, connection limits; see
+//! `handshake.rs`), then starts the connection's reader task and session.
 //!
 //! Architecture invariant: `ws/` is the only code that touches fastwebsockets.
 
+mod handshake;
+mod linger;
 mod publishing;
 mod reader;
 mod replay;
@@ -20,7 +22,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Path, Query, State},
-    http::HeaderMap,
+    http::{header, HeaderMap},
     response::{IntoResponse, Response},
 };
 use fastwebsockets::{upgrade::IncomingUpgrade, Role, WebSocket};
@@ -35,12 +37,10 @@ use sink::{FrameSink, Gather};
 
 use crate::{
     app::AppState,
-    config::AuthMode,
     error::ApiError,
     event::{now_ms, Channel},
-    fanout::{ConnectionInfo, ConnectionStats},
+    fanout::{ConnectionInfo, ConnectionStats, Slot, SlotRefusal},
     filter::Filter,
-    http::bearer_token,
     metrics::METRICS,
     protocol::{Cursor, Format},
 };
@@ -139,38 +139,45 @@ async fn accept(
         Err(e) => return refuse(e, "-", remote),
     };
     let (channel, options) = options;
-    let token = query
-        .get("token")
-        .map(String::as_str)
-        .or_else(|| bearer_token(&headers));
-    let principal = match app.auth.authenticate(token) {
+    // A foreign page learns nothing, not even whether its token is good.
+    if let Err(e) = handshake::check_origin(&app.config.security.allowed_origins, &headers) {
+        return refuse(e, "-", remote);
+    }
+    let credentials = handshake::credentials(&query, &headers);
+    let principal = match app.auth.authenticate(credentials.token) {
         Ok(principal) => principal,
         Err(e) => return refuse(e, "-", remote),
     };
+    let limits = &app.config.limits;
+    let abuse_key = handshake::abuse_key(&principal, remote);
+    if let Some(left) = app.bans.remaining(&abuse_key) {
+        audit_refused(&principal.user, remote, "banned for flooding");
+        METRICS.connection_refused(429);
+        return handshake::banned(left, limits.messages_per_second);
+    }
     if let Some(channel) = &channel {
         if !principal.can_subscribe(channel) {
             let e = ApiError::forbidden(format!("the token does not grant subscribe on {channel}"));
             return refuse(e, &principal.user, remote);
         }
     }
-    let (response, upgraded) = match upgrade.upgrade() {
+    // Anonymous clients (mode `none`) cannot be told apart: only the global limit holds.
+    let per_user = (!principal.is_anonymous()).then_some(limits.max_connections_per_user);
+    let slot = app
+        .hub
+        .reserve(&principal.user, limits.max_connections, per_user);
+    let (mut response, upgraded) = match upgrade.upgrade() {
         Ok(parts) => parts,
         Err(e) => {
             let e = ApiError::bad_request(format!("bad WebSocket upgrade: {e}"));
             return refuse(e, &principal.user, remote);
         }
     };
-    let limits = &app.config.limits;
-    let refusal = if app.hub.connection_count() >= limits.max_connections {
-        Some("connection limit reached")
-    } else if app.config.auth.mode == AuthMode::Jwt
-        // In mode none every client is the same anonymous user: the limit is per real user.
-        && app.hub.connections_of(&principal.user) >= limits.max_connections_per_user
-    {
-        Some("connection limit per user reached")
-    } else {
-        None
-    };
+    if let Some(protocol) = credentials.subprotocol {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     let initial = channel.map(|channel| {
         let (filter, filter_source) = match options.types {
             Some(types) => (
@@ -190,6 +197,7 @@ async fn accept(
     let params = SessionParams {
         principal,
         format: options.format,
+        abuse_key,
     };
     tokio::spawn(async move {
         let ws = match upgraded.await {
@@ -199,7 +207,7 @@ async fn accept(
                 return;
             }
         };
-        run_connection(app, ws, params, initial, Admission { remote, refusal }).await;
+        run_connection(app, ws, params, initial, Admission { remote, slot }).await;
     });
     response.into_response()
 }
@@ -213,9 +221,12 @@ async fn run_connection(
 ) {
     // Nothing has been read from the upgraded stream yet, so taking it out of the
     // WebSocket loses nothing; the writing half gets the gathering buffer.
-    let (read_half, write_half) = tokio::io::split(ws.into_inner());
-    let (read, write) =
-        fastwebsockets::after_handshake_split(read_half, Gather::new(write_half), Role::Server);
+    let mut stream = linger::Shared::new(ws.into_inner());
+    let (read, write) = fastwebsockets::after_handshake_split(
+        stream.clone(),
+        Gather::new(stream.clone()),
+        Role::Server,
+    );
     let timeout = Duration::from_secs(app.config.delivery.write_timeout_secs);
     let stats = Arc::new(ConnectionStats::default());
     let mut sink = FrameSink::new(write, timeout, stats.clone());
@@ -225,15 +236,24 @@ async fn run_connection(
         remote_addr: Some(admission.remote),
         connected_at_ms: now_ms(),
     };
-    if let Some(reason) = admission.refusal {
-        audit_refused(&info.user, admission.remote, reason);
-        METRICS.connection_refused(close::TRY_AGAIN_LATER);
-        sink.close(close::TRY_AGAIN_LATER, reason).await;
-        return;
-    }
+    let slot = match admission.slot {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let reason = match refusal {
+                SlotRefusal::Total => "connection limit reached",
+                SlotRefusal::PerUser => "connection limit per user reached",
+            };
+            audit_refused(&info.user, admission.remote, reason);
+            METRICS.connection_refused(close::TRY_AGAIN_LATER);
+            sink.close(close::TRY_AGAIN_LATER, reason).await;
+            drop(sink);
+            linger::linger(&mut stream).await;
+            return;
+        }
+    };
     let (conn, queue) = app
         .hub
-        .connect(info, stats, app.config.delivery.queue_capacity);
+        .connect(slot, info, stats, app.config.delivery.queue_capacity);
     tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, remote = %admission.remote, "connection accepted");
     METRICS.connections_opened.inc();
     METRICS.connections_active.inc();
@@ -262,12 +282,16 @@ async fn run_connection(
     let code = closed_with.map_or_else(|| "client".to_string(), |code| code.to_string());
     METRICS.connection_closed(&code);
     tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, close = %code, "connection closed");
+    if closed_with.is_some() {
+        linger::linger(&mut stream).await;
+    }
 }
 
-/// Where a connection comes from, and why it must be closed at once, if it must.
+/// Where a connection comes from, and its place among the connections (or which limit
+/// left it none: it is then closed at once).
 struct Admission {
     remote: SocketAddr,
-    refusal: Option<&'static str>,
+    slot: Result<Slot, SlotRefusal>,
 }
 
 fn audit_refused(user: &str, remote: SocketAddr, reason: &str) {

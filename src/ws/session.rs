@@ -1,6 +1,7 @@
 //! One WebSocket connection: its state, and the loop that `select!`s over its inputs —
-//! client messages, its fan-out queue, answers to its publishes, the heartbeat, shutdown —
-//! and, while a subscription is catching up, the next page of the log.
+//! client messages (through the rate limit), its fan-out queue, answers to its publishes,
+//! the heartbeat, the expiry of its token, shutdown — and, while a subscription is catching
+//! up, the next page of the log.
 //!
 //! Every step writes into the sink's buffer and the loop flushes once per step, so a burst
 //! of events costs one socket write.
@@ -37,6 +38,7 @@ use crate::{
         SubscribeMessage, SubscriptionInfo,
     },
     publish::{self, EventInput},
+    rate_limit::{MessageRate, Verdict},
 };
 
 /// Groups taken from the queue in one step before the socket is flushed.
@@ -66,6 +68,8 @@ pub struct InitialSubscription {
 pub struct SessionParams {
     pub principal: Principal,
     pub format: Format,
+    /// Who is banned if this connection floods (see `handshake::abuse_key`).
+    pub abuse_key: String,
 }
 
 /// What a step decided about the connection.
@@ -101,6 +105,8 @@ pub struct Session<W> {
     /// Live deliveries written into the sink since the last flush, per group: their latency
     /// is measured once the flush has put them on the socket.
     unflushed_live: Vec<(std::time::Instant, u64)>,
+    rate: MessageRate,
+    abuse_key: String,
 }
 
 impl<W: AsyncWrite + Unpin + Send> Session<W> {
@@ -113,6 +119,12 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         params: &SessionParams,
         last_seen_ms: Arc<AtomicU64>,
     ) -> Self {
+        let limits = &app.config.limits;
+        let rate = MessageRate::new(
+            limits.messages_per_second,
+            limits.burst,
+            limits.flood_refusals,
+        );
         Self {
             app,
             conn,
@@ -126,6 +138,8 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             publishes: None,
             last_seen_ms,
             unflushed_live: Vec::new(),
+            rate,
+            abuse_key: params.abuse_key.clone(),
         }
     }
 
@@ -181,6 +195,8 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut shutdown = self.app.shutdown.clone();
+        let expiry = token_expiry(self.principal.expires_at_ms());
+        tokio::pin!(expiry);
         loop {
             if self.conn.take_lagged() {
                 self.recover_from_lag();
@@ -199,6 +215,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 Some(answer) = next_answer(&mut self.publishes) => self.on_published(answer).await,
                 _ = ticks.tick() => self.on_heartbeat(timeout_ms).await,
                 reason = self.conn.kicked() => Err(Flow::Close(close::POLICY, reason)),
+                _ = &mut expiry => self.on_token_expired().await,
                 _ = std::future::ready(()), if catching_up => self.catch_up_step().await,
                 _ = sleep_until(replay_wake), if replay_wake.is_some() => self.replay_step().await,
             };
@@ -216,7 +233,11 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
 
     async fn on_inbound(&mut self, item: Inbound) -> Result<(), Flow> {
         match item {
-            Inbound::Message { payload, binary } => self.on_message(&payload, binary).await,
+            Inbound::Message { payload, binary } => match self.rate.check() {
+                Verdict::Allowed => self.on_message(&payload, binary).await,
+                Verdict::Refused { retry_after } => self.on_rate_limited(retry_after).await,
+                Verdict::Flooding => self.on_flooding().await,
+            },
             Inbound::Reply { opcode, payload } => {
                 let frame = fastwebsockets::Frame::new(true, opcode, None, payload.into());
                 self.sink.write(frame).await?;
@@ -600,6 +621,41 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         Ok(())
     }
 
+    /// The message is dropped unread: reading it is the cost the limit protects.
+    async fn on_rate_limited(&mut self, retry_after: Duration) -> Result<(), Flow> {
+        let limit = self.rate.per_second();
+        let retry_after_ms = retry_after.as_millis().max(1) as u64;
+        let message = format!("at most {limit} messages per second; message dropped");
+        let details = serde_json::json!({ "limit": limit, "retry_after_ms": retry_after_ms });
+        self.send_error(None, ErrorCode::RateLimitExceeded, &message, Some(details))
+            .await
+    }
+
+    async fn on_flooding(&mut self) -> Result<(), Flow> {
+        self.app.bans.ban(&self.abuse_key);
+        tracing::info!(
+            client_id = %self.conn.client_id,
+            user = %self.conn.user,
+            ban = %self.abuse_key,
+            "closing a connection that kept flooding; its client is banned for a while"
+        );
+        Err(Flow::Close(
+            close::POLICY,
+            "rate limit exceeded repeatedly".into(),
+        ))
+    }
+
+    async fn on_token_expired(&mut self) -> Result<(), Flow> {
+        self.send_error(
+            None,
+            ErrorCode::Unauthorized,
+            "the token has expired; reconnect with a new one",
+            None,
+        )
+        .await?;
+        Err(Flow::Close(close::POLICY, "token expired".into()))
+    }
+
     async fn on_heartbeat(&mut self, timeout_ms: u64) -> Result<(), Flow> {
         let silent_for = now_ms().saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
         if silent_for > timeout_ms {
@@ -636,6 +692,17 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
 fn internal(error: crate::log::LogError) -> Flow {
     tracing::error!(%error, "log read failed during delivery");
     Flow::Close(close::SERVER_ERROR, "internal error".into())
+}
+
+/// Completes when the token expires (never for credentials without expiry).
+async fn token_expiry(expires_at_ms: Option<u64>) {
+    match expires_at_ms {
+        Some(at) => {
+            let left = Duration::from_millis(at.saturating_sub(now_ms()));
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_answer(

@@ -1,6 +1,6 @@
 //! One helper per boundary: `Server` starts the real `streamlog` binary on a loopback port
 //! with a temporary data dir; `Ws` is a WebSocket client (tokio-tungstenite, independent of
-//! the server's own WebSocket library); `publish` and `get` speak HTTP.
+//! the server's own WebSocket library); `publish` and `get` speak HTTP; `mint` makes JWTs.
 
 use std::{
     io::{BufRead, BufReader},
@@ -13,9 +13,16 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::rustls;
 use tokio_tungstenite::{
-    tungstenite::{protocol::frame::coding::CloseCode, Message},
+    tungstenite::{
+        client::IntoClientRequest, handshake::client::Request, protocol::frame::coding::CloseCode,
+        Message,
+    },
     MaybeTlsStream, WebSocketStream,
 };
 
@@ -30,6 +37,8 @@ pub struct Server {
     env: Vec<(String, String)>,
     pub output: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
+    /// Set for a server with built-in TLS: how the tests trust its certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Server {
@@ -44,6 +53,19 @@ impl Server {
 
     /// Starts with this configuration and these extra environment variables.
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_inner(config, env, None).await
+    }
+
+    /// Starts a server with built-in TLS; `tls` trusts its certificate.
+    pub async fn start_tls(config: &str, tls: Arc<rustls::ClientConfig>) -> Server {
+        Self::start_inner(config, &[], Some(tls)).await
+    }
+
+    async fn start_inner(
+        config: &str,
+        env: &[(&str, &str)],
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_path_buf();
         let mut server = Server {
@@ -58,6 +80,7 @@ impl Server {
                 .collect(),
             output: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
+            tls,
         };
         server.launch().await;
         server
@@ -215,6 +238,10 @@ impl Server {
     }
 
     pub async fn health(&self) -> Option<Value> {
+        if self.tls.is_some() {
+            let (status, body) = self.https("GET", "/health", "").await?;
+            return (status == 200).then(|| serde_json::from_slice(&body).ok())?;
+        }
         let response = self.http.get(self.url("/health")).send().await.ok()?;
         if response.status() != 200 {
             return None;
@@ -288,6 +315,125 @@ impl Server {
     pub async fn ws(&self, path: &str) -> Ws {
         Ws::connect(&self.ws_url(path)).await
     }
+
+    /// A WebSocket request for `path`, to which headers can be added.
+    pub fn ws_request(&self, path: &str) -> Request {
+        self.ws_url(path).into_client_request().unwrap()
+    }
+
+    /// A TLS connection to the server (which must have been started with `start_tls`).
+    pub async fn tls_connect(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let config = self.tls.clone().expect("a TLS server");
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// One HTTP/1.1 request over TLS; answers (status, body).
+    pub async fn https(&self, method: &str, path: &str, body: &str) -> Option<(u16, Vec<u8>)> {
+        let mut tls = self.tls_connect().await;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        // A peer may end TLS without close_notify once it sent everything.
+        let _ = tls.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let start = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let mut body = answer[start..].to_vec();
+        if text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body);
+        }
+        Some((status, body))
+    }
+
+    /// Like `publish`, with `Authorization: Bearer <token>`.
+    pub async fn publish_as(&self, token: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url("/api/v1/events"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        answer(response).await
+    }
+
+    /// GET with `Authorization: Bearer <token>` when one is given; answers (status, body).
+    pub async fn get_as(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request.send().await.expect("GET")).await
+    }
+
+    /// The server's resident memory, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || body.len() < end + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&body[end + 2..end + 2 + size]);
+        body = &body[(end + 4 + size).min(body.len())..];
+    }
+    out
+}
+
+/// A signed HS256 token for `sub` with these permissions, expiring in `exp_in` seconds
+/// (negative: already expired).
+pub fn mint(secret: &str, sub: &str, permissions: &[&str], exp_in: i64) -> String {
+    let exp = now_secs() as i64 + exp_in;
+    let claims = serde_json::json!({ "sub": sub, "exp": exp, "permissions": permissions });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Publishing over HTTP from spawned tasks; errors (a killed server) are returned, not panics.
@@ -360,13 +506,47 @@ impl Ws {
 
     /// Connects and returns the HTTP status of a refused handshake.
     pub async fn connect_refused(url: &str) -> u16 {
-        match tokio_tungstenite::connect_async(url).await {
-            Ok(_) => panic!("{url}: the handshake was accepted"),
+        Self::refused(url.into_client_request().unwrap()).await.0
+    }
+
+    /// Connects with a prepared request (headers, subprotocols); also returns the server's
+    /// handshake answer.
+    pub async fn connect_with(
+        request: Request,
+    ) -> (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ) {
+        let uri = request.uri().clone();
+        let (stream, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .unwrap_or_else(|e| panic!("connect {uri}: {e}"));
+        (Ws { stream }, response)
+    }
+
+    /// A refused handshake: its status, its JSON body, and its headers.
+    pub async fn refused(request: Request) -> (u16, Value, reqwest::header::HeaderMap) {
+        let uri = request.uri().clone();
+        match tokio_tungstenite::connect_async(request).await {
+            Ok(_) => panic!("{uri}: the handshake was accepted"),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                response.status().as_u16()
+                let body = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                (response.status().as_u16(), body, response.headers().clone())
             }
-            Err(e) => panic!("{url}: {e}"),
+            Err(e) => panic!("{uri}: {e}"),
         }
+    }
+
+    /// The next frame of any kind (pings and pongs included), within 10 s.
+    pub async fn next_raw(&mut self) -> Option<Message> {
+        tokio::time::timeout(WAIT, self.stream.next())
+            .await
+            .expect("a frame within 10 s")
+            .map(|m| m.expect("a frame"))
     }
 
     pub async fn send(&mut self, message: Value) {
@@ -374,6 +554,11 @@ impl Ws {
             .send(Message::text(message.to_string()))
             .await
             .unwrap();
+    }
+
+    /// Sends, and says whether the frame went out (the server may have closed already).
+    pub async fn try_send(&mut self, message: Message) -> bool {
+        self.stream.send(message).await.is_ok()
     }
 
     pub async fn send_raw(&mut self, message: Message) {
@@ -452,6 +637,11 @@ impl Ws {
                 Some(Err(_)) | None => return (1006, "no close frame".into()),
             }
         }
+    }
+
+    /// The underlying stream, e.g. to split it into a reader and a writer.
+    pub fn into_stream(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.stream
     }
 
     pub async fn close(mut self) {

@@ -1,0 +1,52 @@
+//! Reads a publish body — one event object, or an array of them — and refuses an array of
+//! more than the batch limit *while* it is read. Parsing the whole array first would let a
+//! body of a few MiB of tiny items (`[{},{},…]`) become millions of values in memory before
+//! the count could be checked.
+
+use std::{cell::Cell, fmt};
+
+use serde::{
+    de::{self, value::MapAccessDeserializer, DeserializeSeed, MapAccess, SeqAccess, Visitor},
+    Deserialize,
+};
+use serde_json::Value;
+
+/// Deserializes to `(items, is_batch)`. An array longer than `max` fails, with
+/// `overflowed` set so that the caller can answer 413 rather than 400.
+pub struct BatchSeed<'a> {
+    pub max: usize,
+    pub overflowed: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+    type Value = (Vec<Value>, bool);
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchSeed<'_> {
+    type Value = (Vec<Value>, bool);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event object or an array of them")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Value>()? {
+            if items.len() == self.max {
+                self.overflowed.set(true);
+                return Err(de::Error::custom("too many events"));
+            }
+            items.push(item);
+        }
+        Ok((items, true))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let value = Value::deserialize(MapAccessDeserializer::new(map))?;
+        Ok((vec![value], false))
+    }
+}
