@@ -4,6 +4,11 @@
 //!
 //! Fragmented messages are reassembled here, with the size limit applied to the whole
 //! message, not only to each fragment.
+//!
+//! Messages waiting for the session hold a share of a byte budget of a few times the size
+//! limit: a client that sends large messages faster than they are handled is slowed down
+//! by TCP, and what a connection holds in memory stays a small multiple of the limit
+//! however many messages are queued.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -11,14 +16,22 @@ use std::sync::{
 };
 
 use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
-use tokio::{io::AsyncRead, sync::mpsc};
+use tokio::{
+    io::AsyncRead,
+    sync::{mpsc, OwnedSemaphorePermit, Semaphore},
+};
 
 use crate::event::now_ms;
 
 #[derive(Debug)]
 pub enum Inbound {
-    /// A complete data message.
-    Message { payload: Vec<u8>, binary: bool },
+    /// A complete data message, and its share of the byte budget (given back when the
+    /// message is dropped).
+    Message {
+        payload: Vec<u8>,
+        binary: bool,
+        _budget: OwnedSemaphorePermit,
+    },
     /// A frame the protocol obliges us to send back (pong, close echo).
     Reply { opcode: OpCode, payload: Vec<u8> },
     /// The client sent a close frame (the echo was sent as a `Reply` before).
@@ -46,8 +59,16 @@ where
 {
     // A frame at the limit is accepted; fastwebsockets refuses `len >= max`.
     read.set_max_message_size(max_message_bytes + 1);
+    let budget = Arc::new(Semaphore::new(budget_bytes(max_message_bytes) as usize));
     tokio::spawn(async move {
-        let outcome = read_messages(&mut read, max_message_bytes, &inbound, &last_seen_ms).await;
+        let outcome = read_messages(
+            &mut read,
+            max_message_bytes,
+            &inbound,
+            &last_seen_ms,
+            &budget,
+        )
+        .await;
         let _ = inbound.send(outcome).await;
     })
 }
@@ -57,6 +78,7 @@ async fn read_messages<S: AsyncRead + Unpin>(
     max_message_bytes: usize,
     inbound: &mpsc::Sender<Inbound>,
     last_seen_ms: &AtomicU64,
+    budget: &Arc<Semaphore>,
 ) -> Inbound {
     let mut partial: Option<(Vec<u8>, bool)> = None;
     let replies = inbound.clone();
@@ -110,14 +132,30 @@ async fn read_messages<S: AsyncRead + Unpin>(
                 (buffer, binary)
             }
         };
-        if inbound
-            .send(Inbound::Message { payload, binary })
-            .await
-            .is_err()
-        {
+        // Never more than the whole budget, or the wait would never end.
+        let share = (payload.len() as u32).min(budget_bytes(max_message_bytes));
+        let Ok(budget) = budget.clone().acquire_many_owned(share).await else {
+            return Inbound::Failed(ReadFailure::Gone);
+        };
+        let message = Inbound::Message {
+            payload,
+            binary,
+            _budget: budget,
+        };
+        if inbound.send(message).await.is_err() {
             return Inbound::Failed(ReadFailure::Gone);
         }
     }
+}
+
+/// Bytes of messages a connection may have waiting for its session: three messages at the
+/// limit (so that small messages are never held back by the budget), within what a
+/// semaphore counts.
+fn budget_bytes(max_message_bytes: usize) -> u32 {
+    let ceiling = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+    max_message_bytes
+        .saturating_mul(3)
+        .clamp(64 * 1024, ceiling) as u32
 }
 
 fn failure(error: WebSocketError) -> ReadFailure {

@@ -233,7 +233,9 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
 
     async fn on_inbound(&mut self, item: Inbound) -> Result<(), Flow> {
         match item {
-            Inbound::Message { payload, binary } => match self.rate.check() {
+            Inbound::Message {
+                payload, binary, ..
+            } => match self.rate.check() {
                 Verdict::Allowed => self.on_message(&payload, binary).await,
                 Verdict::Refused { retry_after } => self.on_rate_limited(retry_after).await,
                 Verdict::Flooding => self.on_flooding().await,

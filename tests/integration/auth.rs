@@ -320,3 +320,90 @@ async fn admin_endpoints_need_the_admin_permission() {
         assert_eq!(server.get_as(Some(&admin), path).await.0, 200, "{path}");
     }
 }
+
+#[tokio::test]
+async fn datasets_and_replays_check_the_same_permissions() {
+    use reqwest::Method;
+    let server = Server::start_with(&jwt_config("")).await;
+    let admin = token("root", &["admin"]);
+    for i in 0..3 {
+        let body = json!({"channel": "agent/a1", "event_type": "training_data", "data": {"i": i}});
+        assert_eq!(server.publish_as(&admin, body).await.0, 200);
+    }
+    let request =
+        json!({"dataset_id": "d1", "channels": ["agent/a1"], "event_types": ["training_data"]});
+    let create = |token: Option<String>| {
+        let request = request.clone();
+        let server = &server;
+        async move {
+            server
+                .request_as(
+                    Method::POST,
+                    token.as_deref(),
+                    "/api/v1/datasets",
+                    Some(request),
+                )
+                .await
+        }
+    };
+    let (status, body) = create(None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("UNAUTHORIZED"))
+    );
+    // Reading the channels is not enough: announcing the dataset is a publish.
+    let reader = token("reader", &["subscribe:agent/*"]);
+    let (status, body) = create(Some(reader.clone())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("FORBIDDEN"))
+    );
+    let curator = token("curator", &["subscribe:agent/*", "publish:system/datasets"]);
+    let (status, body) = create(Some(curator.clone())).await;
+    assert_eq!(
+        (status, body["data_points_count"].as_u64()),
+        (201, Some(3)),
+        "{body}"
+    );
+
+    let outsider = token("outsider", &["subscribe:arena/*"]);
+    let meta = "/api/v1/datasets/d1";
+    let export = "/api/v1/datasets/d1/export";
+    for (who, path, status) in [
+        (&outsider, meta, 403),
+        (&outsider, export, 403),
+        (&reader, meta, 200),
+        (&reader, export, 200),
+    ] {
+        let answer = server.request_as(Method::GET, Some(who), path, None).await;
+        assert_eq!(answer.0, status, "{path}");
+    }
+    let deleted = server
+        .request_as(Method::DELETE, Some(&curator), meta, None)
+        .await;
+    assert_eq!(deleted.0, 403, "deleting needs admin");
+    let deleted = server
+        .request_as(Method::DELETE, Some(&admin), meta, None)
+        .await;
+    assert_eq!(deleted.0, 204);
+
+    // A replay is a read: it needs `subscribe` on its channel.
+    let mut ws = server.ws(&format!("/ws?token={outsider}")).await;
+    ws.recv_type("connection_established").await;
+    ws.send(json!({"type": "replay", "id": "r1", "channel": "agent/a1", "from": "0", "speed": 0}))
+        .await;
+    let error = ws.recv().await;
+    assert_eq!(
+        (
+            error["type"].as_str(),
+            error["code"].as_str(),
+            error["id"].as_str()
+        ),
+        (Some("error"), Some("FORBIDDEN"), Some("r1"))
+    );
+    let mut ws = server.ws(&format!("/ws?token={reader}")).await;
+    ws.recv_type("connection_established").await;
+    ws.send(json!({"type": "replay", "id": "r2", "channel": "agent/a1", "from": "0", "speed": 0}))
+        .await;
+    assert_eq!(ws.recv_type("replay_end").await["count"], 3);
+}

@@ -370,6 +370,25 @@ impl Server {
         answer(response).await
     }
 
+    /// Any request, with `Authorization: Bearer <token>` when one is given and a JSON body
+    /// when one is given; answers (status, body).
+    pub async fn request_as(
+        &self,
+        method: reqwest::Method,
+        token: Option<&str>,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request.send().await.expect("request")).await
+    }
+
     /// GET with `Authorization: Bearer <token>` when one is given; answers (status, body).
     pub async fn get_as(&self, token: Option<&str>, path: &str) -> (u16, Value) {
         let mut request = self.http.get(self.url(path));
