@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::{
     auth::Authenticator, bans::BanList, config::Config, fanout::Hub, log::EventLog,
-    publish::Publisher,
+    protocol::DeltaKeys, publish::Publisher,
 };
 
 pub struct App {
@@ -15,6 +15,9 @@ pub struct App {
     pub log: Arc<dyn EventLog>,
     pub hub: Arc<Hub>,
     pub publisher: Publisher,
+    /// The delta key fields (`[frames] delta_keys`), shared by the connections that take
+    /// deltas.
+    pub delta_keys: Arc<DeltaKeys>,
     pub auth: Authenticator,
     /// Clients refused at the handshake for a while after flooding.
     pub bans: BanList,

@@ -48,6 +48,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub security: SecurityConfig,
     pub tls: TlsConfig,
+    pub frames: FramesConfig,
     pub high_frequency: Vec<HighFrequencyRule>,
     /// `serve --insecure-demo`: mode `none` may listen on a non-loopback address. Only the
     /// command line sets it, so that a config file cannot open a demo server to the network.
@@ -69,6 +70,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             security: SecurityConfig::default(),
             tls: TlsConfig::default(),
+            frames: FramesConfig::default(),
             high_frequency: Vec::new(),
             insecure_demo: false,
         }
@@ -260,6 +262,35 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Outbound frame options a connection may ask for (`compress=gzip`, `delta=true`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FramesConfig {
+    /// With `compress=gzip`, messages of at least this many bytes are gzipped; smaller
+    /// ones stay plain, since gzip makes tiny messages bigger.
+    pub gzip_min_bytes: usize,
+    /// With `delta=true`, a full event goes out at least every this many deltas of a key
+    /// (1 to 100).
+    pub delta_full_every: u32,
+    /// event_type -> the field of `data` (a dot path) whose value keys its delta chain;
+    /// event types not listed chain per (channel, event_type).
+    pub delta_keys: std::collections::HashMap<String, String>,
+}
+
+impl Default for FramesConfig {
+    fn default() -> Self {
+        let keys = [("agent_status", "agent_id"), ("agent_progress", "agent_id")];
+        Self {
+            gzip_min_bytes: 512,
+            delta_full_every: 100,
+            delta_keys: keys
+                .into_iter()
+                .map(|(t, f)| (t.to_string(), f.to_string()))
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HighFrequencyRule {
@@ -415,6 +446,20 @@ impl Config {
                 "heartbeat.timeout_secs",
                 "must be greater than heartbeat.interval_secs",
             ));
+        }
+        if !(1..=100).contains(&self.frames.delta_full_every) {
+            return Err(invalid(
+                "frames.delta_full_every",
+                "must be between 1 and 100",
+            ));
+        }
+        for (event_type, field) in &self.frames.delta_keys {
+            if field.is_empty() || field.split('.').any(str::is_empty) {
+                return Err(invalid(
+                    &format!("frames.delta_keys.{event_type}"),
+                    format!("`{field}` is not a field path like `agent_id` or `agent.id`"),
+                ));
+            }
         }
         for (i, rule) in self.high_frequency.iter().enumerate() {
             let key = format!("high_frequency[{i}]");

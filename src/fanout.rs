@@ -3,6 +3,8 @@
 //! One task reads the log's append notifications and offers every group to the connections
 //! subscribed to any of its channels (and every group holding a `system/broadcast` event to
 //! every connection). The group is shared, not copied: the connection picks out its events.
+//! Events of high-frequency channels go to the channel's batch instead (see `batching`),
+//! and the batch, once flushed, is offered to the channel's subscribers the same way.
 //!
 //! A connection whose queue is full is never waited for and never silently skipped: its
 //! `lagged` flag is raised, and the session, on seeing it, drops its queue and catches up
@@ -21,10 +23,19 @@ use std::{
 use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::{
+    batching::{Batch, Batcher, HighFrequency},
     event::{Channel, BROADCAST_CHANNEL},
     log::AppendedGroup,
     metrics::METRICS,
 };
+
+/// What a connection's queue holds: an append group (its events of ordinary channels), or
+/// a flushed batch of one high-frequency channel.
+#[derive(Clone)]
+pub enum Delivery {
+    Group(Arc<AppendedGroup>),
+    Batch(Arc<Batch>),
+}
 
 pub type ConnectionId = u64;
 
@@ -55,7 +66,7 @@ pub struct ConnectionHandle {
     /// Set by an administrator's disconnect; the session closes with this reason.
     kick_reason: Mutex<Option<String>>,
     kicked: Notify,
-    queue: mpsc::Sender<Arc<AppendedGroup>>,
+    queue: mpsc::Sender<Delivery>,
     lagged: AtomicBool,
     /// Number of the last group offered, so a group with several of the connection's
     /// channels is queued once.
@@ -92,7 +103,11 @@ impl ConnectionHandle {
         if self.last_group.swap(group_no, Ordering::Relaxed) == group_no {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(group.clone()) {
+        self.enqueue(Delivery::Group(group.clone()));
+    }
+
+    fn enqueue(&self, delivery: Delivery) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(delivery) {
             self.lagged.store(true, Ordering::Release);
         }
     }
@@ -151,11 +166,20 @@ pub struct Hub {
     registry: RwLock<Registry>,
     next_id: AtomicU64,
     groups_dispatched: AtomicU64,
+    high_frequency: HighFrequency,
 }
 
 impl Hub {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    pub fn new(high_frequency: HighFrequency) -> Arc<Self> {
+        Arc::new(Self {
+            high_frequency,
+            ..Self::default()
+        })
+    }
+
+    /// The `[[high_frequency]]` rules: which channels are delivered in batches.
+    pub fn high_frequency(&self) -> &HighFrequency {
+        &self.high_frequency
     }
 
     /// Starts the task that feeds every appended group to the connections.
@@ -165,20 +189,29 @@ impl Hub {
     ) -> tokio::task::JoinHandle<()> {
         let hub = self.clone();
         tokio::spawn(async move {
+            let mut batcher = Batcher::default();
             loop {
-                match appends.recv().await {
-                    Ok(group) => {
-                        METRICS.group_appended(group.events.len(), group.durable_in);
-                        hub.dispatch(&group);
+                let deadline = batcher.next_deadline();
+                tokio::select! {
+                    appended = appends.recv() => match appended {
+                        Ok(group) => {
+                            METRICS.group_appended(group.events.len(), group.durable_in);
+                            hub.dispatch(&group, &mut batcher);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(
+                                missed,
+                                "fan-out fell behind the log; every connection catches up from the log"
+                            );
+                            hub.mark_all_lagged();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = sleep_until(deadline), if deadline.is_some() => {
+                        for batch in batcher.take_due(tokio::time::Instant::now()) {
+                            hub.dispatch_batch(batch);
+                        }
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(
-                            missed,
-                            "fan-out fell behind the log; every connection catches up from the log"
-                        );
-                        hub.mark_all_lagged();
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
         })
@@ -217,7 +250,7 @@ impl Hub {
         info: ConnectionInfo,
         stats: Arc<ConnectionStats>,
         queue_capacity: usize,
-    ) -> (Arc<ConnectionHandle>, mpsc::Receiver<Arc<AppendedGroup>>) {
+    ) -> (Arc<ConnectionHandle>, mpsc::Receiver<Delivery>) {
         // The slot was counted for its user: the connection must be that user's.
         debug_assert_eq!(slot.user, info.user);
         slot.armed = false;
@@ -313,20 +346,47 @@ impl Hub {
         channels
     }
 
-    fn dispatch(&self, group: &Arc<AppendedGroup>) {
+    /// Offers the group to the subscribers of its ordinary channels, and adds the events of
+    /// its high-frequency channels to their batches (only while the channel has subscribers:
+    /// one who subscribes later starts after these events anyway).
+    fn dispatch(&self, group: &Arc<AppendedGroup>, batcher: &mut Batcher) {
         let group_no = self.groups_dispatched.fetch_add(1, Ordering::Relaxed) + 1;
         let registry = self.read();
+        let mut full = Vec::new();
         for event in &group.events {
             for channel in &event.channels {
                 if channel.as_str() == BROADCAST_CHANNEL {
                     for handle in registry.connections.values() {
                         handle.offer(group_no, group);
                     }
-                } else if let Some(subscribers) = registry.channels.get(channel) {
-                    for handle in subscribers.values() {
-                        handle.offer(group_no, group);
+                    continue;
+                }
+                let Some(subscribers) = registry.channels.get(channel) else {
+                    continue;
+                };
+                match self.high_frequency.rule_for(channel) {
+                    Some(rule) => full.extend(batcher.push(channel, rule, event, group.durable_at)),
+                    None => {
+                        for handle in subscribers.values() {
+                            handle.offer(group_no, group);
+                        }
                     }
                 }
+            }
+        }
+        drop(registry);
+        for batch in full {
+            self.dispatch_batch(batch);
+        }
+    }
+
+    /// Offers a flushed batch to the subscribers its channel has now.
+    fn dispatch_batch(&self, batch: Batch) {
+        METRICS.batch_flushed(batch.events.len());
+        let batch = Arc::new(batch);
+        if let Some(subscribers) = self.read().channels.get(&batch.channel) {
+            for handle in subscribers.values() {
+                handle.enqueue(Delivery::Batch(batch.clone()));
             }
         }
     }
@@ -343,6 +403,13 @@ impl Hub {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
         self.registry.write().expect("hub registry")
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -367,6 +434,19 @@ mod tests {
         ))]))
     }
 
+    impl Hub {
+        fn dispatch_one(&self, group: &Arc<AppendedGroup>) {
+            self.dispatch(group, &mut Batcher::default());
+        }
+    }
+
+    fn group_seq(delivery: Delivery) -> u64 {
+        match delivery {
+            Delivery::Group(group) => group.events[0].seq,
+            Delivery::Batch(batch) => batch.events[0].seq,
+        }
+    }
+
     fn info(user: &str) -> ConnectionInfo {
         ConnectionInfo {
             client_id: format!("c-{user}"),
@@ -378,31 +458,31 @@ mod tests {
 
     #[test]
     fn offers_once_per_connection_and_flags_lag_when_full() {
-        let hub = Hub::new();
+        let hub = Hub::new(HighFrequency::default());
         let slot = hub.reserve("u", 10, Some(1)).unwrap();
         let (conn, mut queue) = hub.connect(slot, info("u"), Default::default(), 2);
         let a = Channel::parse("arena/a").unwrap();
         let b = Channel::parse("arena/b").unwrap();
         hub.subscribe(&conn, &a);
         hub.subscribe(&conn, &b);
-        hub.dispatch(&group(1, &["arena/a", "arena/b"]));
-        assert_eq!(queue.try_recv().unwrap().events[0].seq, 1);
+        hub.dispatch_one(&group(1, &["arena/a", "arena/b"]));
+        assert_eq!(group_seq(queue.try_recv().unwrap()), 1);
         assert!(
             queue.try_recv().is_err(),
             "queued once although in two channels"
         );
 
-        hub.dispatch(&group(2, &["arena/x"]));
+        hub.dispatch_one(&group(2, &["arena/x"]));
         assert!(queue.try_recv().is_err(), "not subscribed");
-        hub.dispatch(&group(3, &["system/broadcast"]));
+        hub.dispatch_one(&group(3, &["system/broadcast"]));
         assert_eq!(
-            queue.try_recv().unwrap().events[0].seq,
+            group_seq(queue.try_recv().unwrap()),
             3,
             "broadcast reaches all"
         );
 
         for seq in 4..8 {
-            hub.dispatch(&group(seq, &["arena/a"]));
+            hub.dispatch_one(&group(seq, &["arena/a"]));
         }
         assert!(conn.take_lagged());
         assert!(!conn.take_lagged());
@@ -413,7 +493,7 @@ mod tests {
 
     #[test]
     fn slots_count_handshakes_and_connections_and_are_freed_once() {
-        let hub = Hub::new();
+        let hub = Hub::new(HighFrequency::default());
         let a1 = hub.reserve("a", 3, Some(2)).unwrap();
         let a2 = hub.reserve("a", 3, Some(2)).unwrap();
         assert_eq!(

@@ -26,8 +26,11 @@
 //! - [`log`] — the `EventLog` trait; `log/sled/` is the embedded engine, the only code
 //!   that touches sled; `log/codec.rs` defines the bytes (see `storage-format.md`).
 //! - [`fanout`] — channel registry and per-connection bounded queues, lag detection.
+//! - [`batching`] — `[[high_frequency]]` rules: a channel's live events coalesced into
+//!   shared batches.
 //! - [`filter`] — subscription filters.
-//! - [`protocol`] — client and server messages and their encodings; no IO.
+//! - [`protocol`] — client and server messages and their encodings (JSON, MessagePack,
+//!   gzip, `batch`, `delta`), encoded once and cached; no IO.
 //! - [`ws`] — the WebSocket gateway: handshake checks (origin, token, bans, connection
 //!   slots), upgrade, reader task, session loop (rate limit, heartbeat, token expiry),
 //!   subscriptions, replays.
@@ -45,6 +48,7 @@
 pub mod app;
 pub mod auth;
 pub mod bans;
+pub mod batching;
 pub mod client;
 pub mod config;
 pub mod datasets;

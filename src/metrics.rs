@@ -68,6 +68,7 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     pub rate_limited: Counter,
     pub lag_recoveries: Counter,
+    pub batch_events: Histogram,
     queue_depth_total: Gauge,
     queue_depth_max: Gauge,
     log_size_bytes: Gauge,
@@ -115,6 +116,9 @@ impl Metrics {
             errors: Family::default(),
             rate_limited: Counter::default(),
             lag_recoveries: Counter::default(),
+            batch_events: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12),
+            ),
             queue_depth_total: Gauge::default(),
             queue_depth_max: Gauge::default(),
             log_size_bytes: Gauge::default(),
@@ -193,6 +197,11 @@ impl Metrics {
             m.rate_limited.clone(),
         );
         registry.register(
+            "batch_events",
+            "Events per flushed batch of a high-frequency channel",
+            m.batch_events.clone(),
+        );
+        registry.register(
             "lag_recoveries",
             "Connections whose queue overflowed and that caught up from the log",
             m.lag_recoveries.clone(),
@@ -269,6 +278,10 @@ impl Metrics {
         self.append_group_events.observe(events as f64);
         self.append_durable_seconds
             .observe(durable_in.as_secs_f64());
+    }
+
+    pub fn batch_flushed(&self, events: usize) {
+        self.batch_events.observe(events as f64);
     }
 
     /// `count` live event messages of a group made durable at `durable_at` were written now.

@@ -13,9 +13,11 @@ use crate::{
     app::{App, AppState},
     auth::{AuthSetupError, Authenticator},
     bans::BanList,
+    batching::HighFrequency,
     config::{AuthMode, Config, ConfigError},
     fanout::Hub,
     log::{sled::SledLog, EventLog, LogError},
+    protocol::DeltaKeys,
     publish::Publisher,
     tls::{self, TlsListener, TlsSetupError},
 };
@@ -75,11 +77,16 @@ pub async fn serve_until(
         &config.storage,
         config.retention.clone(),
     )?);
-    let hub = Hub::new();
+    let hub = Hub::new(HighFrequency::new(&config.high_frequency));
     let dispatcher = hub.spawn_dispatcher(log.watch());
     let (stopping_tx, stopping) = watch::channel(false);
     let bans = BanList::new(Duration::from_secs(config.limits.flood_ban_secs));
+    let delta_keys = Arc::new(DeltaKeys::new(
+        config.frames.delta_keys.clone(),
+        config.frames.delta_full_every,
+    ));
     let state = AppState::new(App {
+        delta_keys,
         config,
         log: log.clone(),
         hub: hub.clone(),

@@ -128,6 +128,16 @@ impl ClientMessage {
         Self::from_value(value)
     }
 
+    /// A client message sent as one MessagePack map (connections with `format=msgpack`).
+    pub fn parse_msgpack(bytes: &[u8]) -> Result<Self, ParseError> {
+        let value: Value = rmp_serde::from_slice(bytes).map_err(|e| ParseError {
+            id: None,
+            code: ErrorCode::InvalidMessage,
+            message: format!("not a MessagePack map of JSON values: {e}"),
+        })?;
+        Self::from_value(value)
+    }
+
     pub fn from_value(value: Value) -> Result<Self, ParseError> {
         let Value::Object(map) = &value else {
             return Err(ParseError {

@@ -1,11 +1,15 @@
 //! The WebSocket protocol: client messages in, server messages out, as bytes. No IO here:
 //! the session hands bytes in and writes the frames this module makes.
 //!
-//! Architecture invariant: this module owns the wire encodings. An event is encoded once
-//! per (channel, format) and the bytes are cached on the event, so a thousand subscribers
-//! that need the same frame share one allocation.
+//! Architecture invariant: this module owns the wire encodings (JSON, MessagePack, gzip,
+//! `batch` and `delta` messages) and is the only one that touches rmp-serde and flate2.
+//! What can be shared is encoded once: an event's frame per (channel, format, compression)
+//! is cached on the event, a batch's frame on the batch, a delta's bytes on the event, so
+//! a thousand subscribers that need the same frame share one allocation.
 
 pub mod client;
+pub mod delta;
+mod encode;
 pub mod server;
 mod stored;
 
@@ -16,10 +20,11 @@ use bytes::Bytes;
 pub use client::{
     ClientMessage, Cursor, ParseError, PublishMessage, ReplayMessage, SubscribeMessage,
 };
+pub use delta::{DeltaKeys, DeltaState};
 pub use server::{ErrorCode, ServerMessage, SubscriptionInfo};
 pub use stored::{
-    decode_msgpack, decode_msgpack_seed, gzip, write_stored_event_json, write_stored_event_msgpack,
-    GzipStream,
+    decode_msgpack, decode_msgpack_seed, gunzip_limited, gzip, write_stored_event_json,
+    write_stored_event_msgpack, GzipStream,
 };
 
 use crate::event::Event;
@@ -29,13 +34,71 @@ use crate::event::Event;
 pub enum Format {
     #[default]
     Json,
+    MsgPack,
 }
 
 impl Format {
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "json" => Some(Self::Json),
+            "msgpack" => Some(Self::MsgPack),
             _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Json => 0,
+            Self::MsgPack => 1,
+        }
+    }
+}
+
+/// Everything about a connection's outbound encoding: the format, and whether (from which
+/// size on) frames are gzipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wire {
+    pub format: Format,
+    /// Messages of at least this many bytes go out gzipped; `None`: the client did not ask
+    /// for gzip. Smaller messages stay plain, since gzip makes tiny messages bigger.
+    pub gzip_from: Option<usize>,
+}
+
+impl Wire {
+    pub fn new(format: Format, gzip_from: Option<usize>) -> Self {
+        Self { format, gzip_from }
+    }
+
+    /// The cache slot of this wire among the four (format × gzip) variants.
+    fn slot(self) -> usize {
+        self.format.index() * 2 + usize::from(self.gzip_from.is_some())
+    }
+
+    /// The plain (uncompressed) variant of this wire.
+    fn plain(self) -> Self {
+        Self {
+            format: self.format,
+            gzip_from: None,
+        }
+    }
+
+    /// Turns message bytes into the frame this wire sends: gzipped when asked for and big
+    /// enough (and only when that is smaller), text for JSON, binary otherwise.
+    pub fn finish(self, message: Bytes) -> OutFrame {
+        if let Some(from) = self.gzip_from {
+            if message.len() >= from {
+                let packed = gzip(&message);
+                if packed.len() < message.len() {
+                    return OutFrame {
+                        payload: Bytes::from(packed),
+                        binary: true,
+                    };
+                }
+            }
+        }
+        OutFrame {
+            payload: message,
+            binary: self.format == Format::MsgPack,
         }
     }
 }
@@ -47,56 +110,132 @@ pub struct OutFrame {
     pub binary: bool,
 }
 
-/// Encoded frames of one event, one slot per channel of the event (the `channel` field
-/// differs), filled on first use.
+const WIRES: usize = 4;
+
+/// Encoded frames of one event: for each channel of the event (the `channel` field
+/// differs) and each wire, filled on first use; and the last delta computed from it.
 pub struct FrameCache {
-    json: Box<[OnceLock<Bytes>]>,
+    frames: Box<[OnceLock<OutFrame>]>,
+    /// Per format: (base seq, channel index, the delta message or `None` when a delta
+    /// would not be smaller). Connections that last got the same base share it.
+    deltas: [OnceLock<(u64, usize, Option<Bytes>)>; 2],
 }
 
 impl FrameCache {
     pub fn new(channels: usize) -> Self {
         Self {
-            json: (0..channels).map(|_| OnceLock::new()).collect(),
+            frames: (0..channels * WIRES).map(|_| OnceLock::new()).collect(),
+            deltas: Default::default(),
         }
     }
 }
 
 /// The `event` message for `event` as received through its channel number `channel_index`.
-pub fn event_frame(event: &Event, channel_index: usize, format: Format) -> OutFrame {
-    match format {
-        Format::Json => OutFrame {
-            payload: event.frames.json[channel_index]
-                .get_or_init(|| server::event_json(event, channel_index))
-                .clone(),
-            binary: false,
-        },
+pub fn event_frame(event: &Event, channel_index: usize, wire: Wire) -> OutFrame {
+    let slot = |wire: Wire| &event.frames.frames[channel_index * WIRES + wire.slot()];
+    let plain = wire.plain();
+    let plain_frame = slot(plain).get_or_init(|| {
+        plain.finish(Bytes::from(encode::event_message(
+            event,
+            channel_index,
+            plain.format,
+            None,
+        )))
+    });
+    if wire.gzip_from.is_none() {
+        return plain_frame.clone();
     }
+    slot(wire)
+        .get_or_init(|| wire.finish(plain_frame.payload.clone()))
+        .clone()
 }
 
-/// The `event` message of a replayed event: the live frame plus `"replay":<tag>`, where
-/// `tag` is JSON text naming the replay. Not cached: a replayed frame serves one connection.
+/// The uncompressed `event` message bytes (as a batch embeds them).
+fn event_message(event: &Event, channel_index: usize, format: Format) -> Bytes {
+    event_frame(event, channel_index, Wire::new(format, None)).payload
+}
+
+/// The `event` message of a replayed event: the live message plus `"replay":<tag>`, the
+/// id of the replay. Not cached: a replayed frame serves one connection.
 pub fn replay_event_frame(
     event: &Event,
     channel_index: usize,
-    format: Format,
-    tag: &str,
+    wire: Wire,
+    tag: &serde_json::Value,
 ) -> OutFrame {
-    match format {
-        Format::Json => OutFrame {
-            payload: server::replay_event_json(event, channel_index, tag),
-            binary: false,
-        },
+    wire.finish(Bytes::from(encode::event_message(
+        event,
+        channel_index,
+        wire.format,
+        Some(tag),
+    )))
+}
+
+/// The `delta` message bytes (uncompressed) that turn `base`'s data into `event`'s, or
+/// `None` when a delta would carry as much as the full event. Shared through the event's
+/// cache by connections whose last event for the key is the same `base`.
+pub fn delta_message(
+    event: &Event,
+    channel_index: usize,
+    base: &Event,
+    format: Format,
+) -> Option<Bytes> {
+    let compute = || {
+        let diff = delta::diff(base.data_value(), event.data_value())?;
+        Some(Bytes::from(encode::delta_message(
+            event,
+            channel_index,
+            base.seq,
+            &diff,
+            format,
+        )))
+    };
+    let cached =
+        event.frames.deltas[format.index()].get_or_init(|| (base.seq, channel_index, compute()));
+    if cached.0 == base.seq && cached.1 == channel_index {
+        cached.2.clone()
+    } else {
+        compute()
     }
 }
 
-/// A control message (anything but `event`), encoded for `format`.
-pub fn control_frame(message: &ServerMessage<'_>, format: Format) -> OutFrame {
-    match format {
-        Format::Json => OutFrame {
-            payload: Bytes::from(
-                serde_json::to_vec(message).expect("server messages always serialize"),
-            ),
-            binary: false,
-        },
+/// One message inside a `batch`: an event, or a delta, as uncompressed message bytes.
+pub enum BatchItem<'a> {
+    Event(&'a Event, usize),
+    Delta(Bytes),
+}
+
+impl BatchItem<'_> {
+    fn bytes(&self, format: Format) -> Bytes {
+        match self {
+            Self::Event(event, index) => event_message(event, *index, format),
+            Self::Delta(bytes) => bytes.clone(),
+        }
     }
+}
+
+/// The frames of one batch, per wire, for the connections that take all of its events
+/// as they are (no filter dropped any, no deltas).
+#[derive(Default)]
+pub struct BatchCache {
+    frames: [OnceLock<OutFrame>; WIRES],
+}
+
+/// A `batch` message holding `items` in order. With a cache, the frame is made once per
+/// wire and shared; the caller guarantees that every user of the cache passes the same
+/// items.
+pub fn batch_frame(cache: Option<&BatchCache>, items: &[BatchItem<'_>], wire: Wire) -> OutFrame {
+    let make = || {
+        let parts: Vec<Bytes> = items.iter().map(|item| item.bytes(wire.format)).collect();
+        wire.finish(Bytes::from(encode::batch_message(&parts, wire.format)))
+    };
+    match cache {
+        Some(cache) => cache.frames[wire.slot()].get_or_init(make).clone(),
+        None => make(),
+    }
+}
+
+/// A control message (anything but `event`, `batch` and `delta`), encoded for `wire`.
+pub fn control_frame(message: &ServerMessage<'_>, wire: Wire) -> OutFrame {
+    wire.finish(Bytes::from(encode::control_message(message, wire.format)))
 }

@@ -70,6 +70,15 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to a Vec cannot fail")
 }
 
+/// Gunzips `bytes`; `None` when they are not gzip or unpack to more than `limit` bytes.
+pub fn gunzip_limited(bytes: &[u8], limit: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::GzDecoder::new(bytes).take(limit as u64 + 1);
+    decoder.read_to_end(&mut out).ok()?;
+    (out.len() <= limit).then_some(out)
+}
+
 /// Gzip over a stream of pieces: each `compress` returns the compressed bytes ready so far,
 /// `finish` the rest and the trailer. Nothing is flushed early, so the same pieces always
 /// give the same bytes.

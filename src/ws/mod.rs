@@ -6,6 +6,7 @@
 
 mod handshake;
 mod linger;
+mod outbox;
 mod publishing;
 mod reader;
 mod replay;
@@ -42,7 +43,7 @@ use crate::{
     fanout::{ConnectionInfo, ConnectionStats, Slot, SlotRefusal},
     filter::Filter,
     metrics::METRICS,
-    protocol::{Cursor, Format},
+    protocol::{Cursor, Format, Wire},
 };
 
 /// Inbound messages read ahead of the session. Small: a client that floods is slowed down
@@ -76,6 +77,8 @@ pub async fn single_channel(
 /// The connection options of the query string.
 struct ConnectOptions {
     format: Format,
+    gzip: bool,
+    delta: bool,
     since: Option<u64>,
     epoch: Option<String>,
     types: Option<Vec<String>>,
@@ -85,22 +88,25 @@ fn parse_options(query: &HashMap<String, String>) -> Result<ConnectOptions, ApiE
     let format = match query.get("format") {
         None => Format::Json,
         Some(name) => Format::parse(name).ok_or_else(|| {
-            ApiError::bad_request(format!("format `{name}` is not supported; use json"))
+            ApiError::bad_request(format!(
+                "format `{name}` is not supported; use json or msgpack"
+            ))
         })?,
     };
-    if let Some(compress) = query.get("compress") {
-        // Accepting gzip lets the server send it; it never has to.
-        if compress != "gzip" && compress != "none" {
+    let gzip = match query.get("compress").map(String::as_str) {
+        None | Some("none") | Some("") => false,
+        Some("gzip") => true,
+        Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "compress `{compress}` is not supported; use gzip"
-            )));
+                "compress `{other}` is not supported; use gzip or none"
+            )))
         }
-    }
-    if let Some(delta) = query.get("delta") {
-        if delta != "true" && delta != "false" {
-            return Err(ApiError::bad_request("delta must be true or false"));
-        }
-    }
+    };
+    let delta = match query.get("delta").map(String::as_str) {
+        None | Some("false") | Some("") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("delta must be true or false")),
+    };
     let since = match query.get("since") {
         None => None,
         Some(text) => Some(
@@ -120,6 +126,8 @@ fn parse_options(query: &HashMap<String, String>) -> Result<ConnectOptions, ApiE
     });
     Ok(ConnectOptions {
         format,
+        gzip,
+        delta,
         since,
         epoch: query.get("epoch").filter(|e| !e.is_empty()).cloned(),
         types,
@@ -196,7 +204,11 @@ async fn accept(
     });
     let params = SessionParams {
         principal,
-        format: options.format,
+        wire: Wire::new(
+            options.format,
+            options.gzip.then_some(app.config.frames.gzip_min_bytes),
+        ),
+        delta: options.delta,
         abuse_key,
     };
     tokio::spawn(async move {

@@ -19,7 +19,7 @@ use crate::{
     event::{Channel, Event},
     filter::Filter,
     log::{EventLog, LogError, ReadRange},
-    protocol::{self, ErrorCode, Format, OutFrame, ReplayMessage, ServerMessage},
+    protocol::{self, ErrorCode, OutFrame, ReplayMessage, ServerMessage, Wire},
 };
 
 /// Replays one connection may run at once: each holds a page of events.
@@ -110,8 +110,8 @@ fn parse_ts(name: &str, text: Option<&str>) -> Result<Option<u64>, Refusal> {
 
 struct Replay {
     request: ReplayRequest,
-    /// JSON text of the `replay` field of its event frames: the request id, or `true`.
-    tag: String,
+    /// The `replay` field of its event messages: the request id, or `true`.
+    tag: Value,
     /// Every event with seq <= cursor was read (sent, queued in `page`, or filtered out).
     cursor: u64,
     page: VecDeque<Arc<Event>>,
@@ -167,7 +167,7 @@ impl Replay {
         Ok(())
     }
 
-    fn end_frame(&self, format: Format, stopped: bool) -> OutFrame {
+    fn end_frame(&self, wire: Wire, stopped: bool) -> OutFrame {
         protocol::control_frame(
             &ServerMessage::ReplayEnd {
                 id: self.request.id.as_ref(),
@@ -175,7 +175,7 @@ impl Replay {
                 count: self.sent,
                 stopped,
             },
-            format,
+            wire,
         )
     }
 }
@@ -201,10 +201,7 @@ impl Replays {
                 "a replay with this id is already running",
             ));
         }
-        let tag = request
-            .id
-            .as_ref()
-            .map_or_else(|| "true".to_string(), Value::to_string);
+        let tag = request.id.clone().unwrap_or(Value::Bool(true));
         let exhausted = request.after >= request.until;
         self.active.push(Replay {
             cursor: request.after,
@@ -225,21 +222,21 @@ impl Replays {
     }
 
     /// Stops the replay with this id: its `replay_end` (`stopped: true`), if it was running.
-    pub fn stop(&mut self, id: &Value, format: Format) -> Option<OutFrame> {
+    pub fn stop(&mut self, id: &Value, wire: Wire) -> Option<OutFrame> {
         let index = self
             .active
             .iter()
             .position(|r| r.request.id.as_ref() == Some(id))?;
-        Some(self.active.remove(index).end_frame(format, true))
+        Some(self.active.remove(index).end_frame(wire, true))
     }
 
     /// Stops every replay of `channel` (the client unsubscribed from it).
-    pub fn stop_channel(&mut self, channel: &str, format: Format) -> Vec<OutFrame> {
+    pub fn stop_channel(&mut self, channel: &str, wire: Wire) -> Vec<OutFrame> {
         let mut ended = Vec::new();
         self.active.retain(|r| {
             let keep = r.request.channel.as_str() != channel;
             if !keep {
-                ended.push(r.end_frame(format, true));
+                ended.push(r.end_frame(wire, true));
             }
             keep
         });
@@ -252,7 +249,7 @@ impl Replays {
         &mut self,
         log: &dyn EventLog,
         page_size: usize,
-        format: Format,
+        wire: Wire,
         now: Instant,
     ) -> Result<Vec<OutFrame>, LogError> {
         let mut frames = Vec::new();
@@ -281,13 +278,13 @@ impl Replays {
                 frames.push(protocol::replay_event_frame(
                     &event,
                     channel_index,
-                    format,
+                    wire,
                     &replay.tag,
                 ));
                 replay.sent += 1;
             }
             if replay.page.is_empty() && replay.exhausted {
-                frames.push(replay.end_frame(format, false));
+                frames.push(replay.end_frame(wire, false));
                 self.active.remove(index);
             } else {
                 index += 1;
@@ -425,10 +422,10 @@ mod tests {
             replays.start(r, now).unwrap_err().code,
             ErrorCode::SubscriptionLimit
         );
-        assert!(replays.stop(&json!("r1"), Format::Json).is_some());
-        assert!(replays.stop(&json!("r1"), Format::Json).is_none());
+        assert!(replays.stop(&json!("r1"), Wire::default()).is_some());
+        assert!(replays.stop(&json!("r1"), Wire::default()).is_none());
         assert_eq!(
-            replays.stop_channel("arena/a", Format::Json).len(),
+            replays.stop_channel("arena/a", Wire::default()).len(),
             MAX_REPLAYS - 1
         );
         assert!(replays.next_wake().is_none());

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::{io::AsyncWrite, sync::mpsc, time::MissedTickBehavior};
 
 use super::{
+    outbox::Outbox,
     publishing::{self, PublishAnswer, PublishRequest},
     reader::{Inbound, ReadFailure},
     replay::{ReplayRequest, Replays},
@@ -27,15 +28,17 @@ use super::{
 use crate::{
     app::AppState,
     auth::Principal,
+    batching::Batch,
     error::ApiError,
+    event::Event,
     event::{now_ms, Channel, BROADCAST_CHANNEL},
-    fanout::ConnectionHandle,
+    fanout::{ConnectionHandle, Delivery},
     filter::Filter,
     log::{AppendedGroup, ReadRange},
     metrics::METRICS,
     protocol::{
         self, ClientMessage, ErrorCode, Format, PublishMessage, ReplayMessage, ServerMessage,
-        SubscribeMessage, SubscriptionInfo,
+        SubscribeMessage, SubscriptionInfo, Wire,
     },
     publish::{self, EventInput},
     rate_limit::{MessageRate, Verdict},
@@ -67,7 +70,9 @@ pub struct InitialSubscription {
 
 pub struct SessionParams {
     pub principal: Principal,
-    pub format: Format,
+    pub wire: Wire,
+    /// The client accepts `delta` messages.
+    pub delta: bool,
     /// Who is banned if this connection floods (see `handshake::abuse_key`).
     pub abuse_key: String,
 }
@@ -93,12 +98,12 @@ impl From<SinkError> for Flow {
 pub struct Session<W> {
     app: AppState,
     conn: Arc<ConnectionHandle>,
-    queue: mpsc::Receiver<Arc<AppendedGroup>>,
+    queue: mpsc::Receiver<Delivery>,
     inbound: mpsc::Receiver<Inbound>,
     sink: FrameSink<W>,
     subs: Subscriptions,
     replays: Replays,
-    format: Format,
+    outbox: Outbox,
     principal: Principal,
     publishes: Option<(mpsc::Sender<PublishRequest>, mpsc::Receiver<PublishAnswer>)>,
     last_seen_ms: Arc<AtomicU64>,
@@ -113,7 +118,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     pub fn new(
         app: AppState,
         conn: Arc<ConnectionHandle>,
-        queue: mpsc::Receiver<Arc<AppendedGroup>>,
+        queue: mpsc::Receiver<Delivery>,
         inbound: mpsc::Receiver<Inbound>,
         sink: FrameSink<W>,
         params: &SessionParams,
@@ -125,6 +130,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             limits.burst,
             limits.flood_refusals,
         );
+        let outbox = Outbox::new(params.wire, params.delta.then(|| app.delta_keys.clone()));
         Self {
             app,
             conn,
@@ -133,7 +139,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             sink,
             subs: Subscriptions::default(),
             replays: Replays::default(),
-            format: params.format,
+            outbox,
             principal: params.principal.clone(),
             publishes: None,
             last_seen_ms,
@@ -178,9 +184,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             head,
             epoch: self.app.log.epoch(),
         };
-        self.sink
-            .send(&protocol::control_frame(&established, self.format))
-            .await?;
+        self.sink.send(&self.outbox.control(&established)).await?;
         if let Some(sub) = initial {
             self.start_subscription(None, sub).await?;
         }
@@ -211,7 +215,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                     Some(item) => self.on_inbound(item).await,
                     None => Err(Flow::End),
                 },
-                Some(group) = self.queue.recv() => self.on_groups(group).await,
+                Some(delivery) = self.queue.recv() => self.on_deliveries(delivery).await,
                 Some(answer) = next_answer(&mut self.publishes) => self.on_published(answer).await,
                 _ = ticks.tick() => self.on_heartbeat(timeout_ms).await,
                 reason = self.conn.kicked() => Err(Flow::Close(close::POLICY, reason)),
@@ -273,13 +277,12 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     }
 
     async fn on_message(&mut self, payload: &[u8], binary: bool) -> Result<(), Flow> {
-        if binary {
-            let message = "binary frames are only read from connections with format=msgpack";
-            return self
-                .send_error(None, ErrorCode::InvalidMessage, message, None)
-                .await;
-        }
-        let message = match ClientMessage::parse_json(payload) {
+        let parsed = if binary {
+            self.parse_binary(payload)
+        } else {
+            ClientMessage::parse_json(payload)
+        };
+        let message = match parsed {
             Ok(message) => message,
             Err(e) => {
                 return self
@@ -303,7 +306,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                     id: id.as_ref(),
                     subscriptions,
                 };
-                let frame = protocol::control_frame(&message, self.format);
+                let frame = self.outbox.control(&message);
                 Ok(self.sink.send(&frame).await?)
             }
             ClientMessage::Ping { id } => {
@@ -313,6 +316,36 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             ClientMessage::Publish(m) => self.on_publish(m).await,
             ClientMessage::Replay(m) => self.on_replay(m).await,
             ClientMessage::ReplayStop { id } => self.on_replay_stop(id).await,
+        }
+    }
+
+    /// A binary client frame: MessagePack on `format=msgpack` connections, gzip (of JSON,
+    /// or of MessagePack there) on any.
+    fn parse_binary(&self, payload: &[u8]) -> Result<ClientMessage, protocol::ParseError> {
+        let fail = |message: &str| protocol::ParseError {
+            id: None,
+            code: ErrorCode::InvalidMessage,
+            message: message.into(),
+        };
+        let msgpack = self.outbox.wire().format == Format::MsgPack;
+        let unpacked;
+        let bytes = if payload.starts_with(&[0x1f, 0x8b]) {
+            let limit = self.app.config.limits.max_message_bytes;
+            unpacked = protocol::gunzip_limited(payload, limit).ok_or_else(|| {
+                fail("a gzip frame must unpack to a message within the size limit")
+            })?;
+            &unpacked[..]
+        } else if msgpack {
+            payload
+        } else {
+            return Err(fail(
+                "binary frames are read as gzip, or as MessagePack on connections with format=msgpack",
+            ));
+        };
+        if msgpack {
+            ClientMessage::parse_msgpack(bytes)
+        } else {
+            ClientMessage::parse_json(bytes)
         }
     }
 
@@ -392,15 +425,18 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         if !self.subs.contains(sub.channel.as_str()) {
             METRICS.subscription_added(sub.channel.kind());
         }
+        // A (re)started subscription begins every delta chain with a full event.
+        self.outbox.forget_channel(&sub.channel);
+        let batched = self.app.hub.high_frequency().is_batched(&sub.channel);
         self.subs
-            .add(sub.channel, sub.filter, sub.filter_source, start);
+            .add(sub.channel, sub.filter, sub.filter_source, start, batched);
         Ok(())
     }
 
     /// Ends the subscription and every replay of the channel; answers `NOT_FOUND` only
     /// when there was neither.
     async fn on_unsubscribe(&mut self, id: Option<Value>, name: &str) -> Result<(), Flow> {
-        let stopped = self.replays.stop_channel(name, self.format);
+        let stopped = self.replays.stop_channel(name, self.outbox.wire());
         let was_subscribed = self.subs.remove(name);
         if !was_subscribed && stopped.is_empty() {
             let message = format!(
@@ -417,6 +453,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         let channel = Channel::parse(name).expect("subscribed or replayed channels are valid");
         if was_subscribed {
             METRICS.subscription_removed(channel.kind());
+            self.outbox.forget_channel(&channel);
         }
         if was_subscribed && channel.as_str() == BROADCAST_CHANNEL {
             // Broadcasts keep coming without a subscription, as for every connection.
@@ -454,7 +491,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     async fn on_replay_stop(&mut self, id: Option<Value>) -> Result<(), Flow> {
         match id
             .as_ref()
-            .and_then(|id| self.replays.stop(id, self.format))
+            .and_then(|id| self.replays.stop(id, self.outbox.wire()))
         {
             Some(frame) => Ok(self.sink.send(&frame).await?),
             None => {
@@ -473,7 +510,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             .step(
                 self.app.log.as_ref(),
                 page,
-                self.format,
+                self.outbox.wire(),
                 tokio::time::Instant::now(),
             )
             .await
@@ -541,24 +578,30 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         }
     }
 
-    async fn on_groups(&mut self, first: Arc<AppendedGroup>) -> Result<(), Flow> {
-        self.deliver_live(&first).await?;
+    async fn on_deliveries(&mut self, first: Delivery) -> Result<(), Flow> {
+        self.deliver(&first).await?;
         for _ in 1..GROUPS_PER_STEP {
             match self.queue.try_recv() {
-                Ok(group) => self.deliver_live(&group).await?,
+                Ok(delivery) => self.deliver(&delivery).await?,
                 Err(_) => break,
             }
         }
         Ok(())
     }
 
+    async fn deliver(&mut self, delivery: &Delivery) -> Result<(), Flow> {
+        match delivery {
+            Delivery::Group(group) => self.deliver_live(group).await,
+            Delivery::Batch(batch) => self.deliver_batch(batch).await,
+        }
+    }
+
     async fn deliver_live(&mut self, group: &AppendedGroup) -> Result<(), Flow> {
         let mut delivered = 0;
         for event in &group.events {
             if let Some(index) = self.subs.route_live(event) {
-                self.sink
-                    .send(&protocol::event_frame(event, index, self.format))
-                    .await?;
+                let frame = self.outbox.event(event, index);
+                self.sink.send(&frame).await?;
                 delivered += 1;
             }
         }
@@ -566,6 +609,26 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             METRICS.events_delivered.inc_by(delivered);
             self.unflushed_live.push((group.durable_at, delivered));
         }
+        Ok(())
+    }
+
+    /// A flushed batch of a high-frequency channel: its events this connection takes, as
+    /// one `batch` frame — the batch's shared frame when it takes them all.
+    async fn deliver_batch(&mut self, batch: &Batch) -> Result<(), Flow> {
+        let picked: Vec<&Arc<Event>> = batch
+            .events
+            .iter()
+            .filter(|event| self.subs.route_batched(&batch.channel, event))
+            .collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let whole = (picked.len() == batch.events.len()).then_some(&batch.frames);
+        let frame = self.outbox.batch(&picked, &batch.channel, whole);
+        self.sink.send(&frame).await?;
+        let delivered = picked.len() as u64;
+        METRICS.events_delivered.inc_by(delivered);
+        self.unflushed_live.push((batch.durable_at, delivered));
         Ok(())
     }
 
@@ -600,17 +663,29 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             // Retention removed events this connection had not received: it must know.
             return Err(Flow::Close(close::LAGGING, String::new()));
         }
-        for event in &page {
-            if self.subs.route_catch_up(&channel, event) {
-                let index = event
-                    .channel_index(channel.as_str())
-                    .expect("read from this channel");
-                self.sink
-                    .send(&protocol::event_frame(event, index, self.format))
-                    .await?;
-                METRICS.events_delivered.inc();
+        let picked: Vec<&Arc<Event>> = page
+            .iter()
+            .filter(|event| self.subs.route_catch_up(&channel, event))
+            .collect();
+        match self.app.hub.high_frequency().rule_for(&channel) {
+            // A high-frequency channel's backlog goes out in batches too.
+            Some(rule) => {
+                for chunk in picked.chunks(rule.max_messages) {
+                    let frame = self.outbox.batch(chunk, &channel, None);
+                    self.sink.send(&frame).await?;
+                }
+            }
+            None => {
+                for event in &picked {
+                    let index = event
+                        .channel_index(channel.as_str())
+                        .expect("read from this channel");
+                    let frame = self.outbox.event(event, index);
+                    self.sink.send(&frame).await?;
+                }
             }
         }
+        METRICS.events_delivered.inc_by(picked.len() as u64);
         if page.len() < limit {
             if let Some(seq) = self.subs.finish_catch_up(&channel, head_before_read) {
                 self.send_control(&ServerMessage::CaughtUp {
@@ -669,7 +744,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     }
 
     async fn send_control(&mut self, message: &ServerMessage<'_>) -> Result<(), Flow> {
-        let frame = protocol::control_frame(message, self.format);
+        let frame = self.outbox.control(message);
         Ok(self.sink.send(&frame).await?)
     }
 

@@ -13,6 +13,11 @@
 //! below the cursor are skipped. If the queue overflowed meanwhile, the lag flag sends every
 //! live subscription back to catching up, from its own cursor.
 //!
+//! A subscription of a high-frequency channel (`batched`) takes its live events from the
+//! channel's batches, not from append groups: each subscription's cursor only moves with
+//! its own stream, so a batch that arrives after the groups of later events still finds
+//! its events above the cursor.
+//!
 //! Delivered once per connection: an event in several subscribed channels is delivered
 //! through the first subscription that wants it, unless another subscription already
 //! covered it (its cursor passed the event, it started before it, and its filter matches).
@@ -39,6 +44,8 @@ pub struct Subscription {
     catching_up: Option<CatchUp>,
     /// The connection's automatic `system/broadcast` subscription: not listed or counted.
     implicit: bool,
+    /// A high-frequency channel: live events come in batches, and go out as `batch` frames.
+    pub batched: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,8 +69,15 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn add(&mut self, channel: Channel, filter: Filter, filter_source: Value, start: Start) {
-        self.insert(channel, filter, filter_source, start, false);
+    pub fn add(
+        &mut self,
+        channel: Channel,
+        filter: Filter,
+        filter_source: Value,
+        start: Start,
+        batched: bool,
+    ) {
+        self.insert(channel, filter, filter_source, start, false, batched);
     }
 
     pub fn add_implicit(&mut self, channel: Channel, head: u64) {
@@ -73,6 +87,7 @@ impl Subscriptions {
             Value::Null,
             Start::Live { head },
             true,
+            false,
         );
     }
 
@@ -83,6 +98,7 @@ impl Subscriptions {
         filter_source: Value,
         start: Start,
         implicit: bool,
+        batched: bool,
     ) {
         let (cursor, catching_up) = match start {
             Start::Live { head } => (head, None),
@@ -98,6 +114,7 @@ impl Subscriptions {
                 cursor,
                 catching_up,
                 implicit,
+                batched,
             },
         );
     }
@@ -127,16 +144,16 @@ impl Subscriptions {
         subs
     }
 
-    /// A live event from the queue: the index (into `event.channels`) of the channel to
-    /// deliver it through, or `None`. Advances the cursors of the live subscriptions it
-    /// concerns either way.
+    /// A live event from an append group: the index (into `event.channels`) of the channel
+    /// to deliver it through, or `None`. Advances the cursors of the live, unbatched
+    /// subscriptions it concerns either way.
     pub fn route_live(&mut self, event: &Event) -> Option<usize> {
         let mut chosen = None;
         for (index, channel) in event.channels.iter().enumerate() {
             let Some(sub) = self.by_channel.get(channel) else {
                 continue;
             };
-            if sub.catching_up.is_some() || event.seq <= sub.cursor {
+            if sub.batched || sub.catching_up.is_some() || event.seq <= sub.cursor {
                 continue;
             }
             if chosen.is_none()
@@ -148,7 +165,7 @@ impl Subscriptions {
         }
         for channel in &event.channels {
             if let Some(sub) = self.by_channel.get_mut(channel) {
-                if sub.catching_up.is_none() && event.seq > sub.cursor {
+                if !sub.batched && sub.catching_up.is_none() && event.seq > sub.cursor {
                     sub.cursor = event.seq;
                 }
             }
@@ -159,8 +176,18 @@ impl Subscriptions {
     /// An event read from the log for the catching-up subscription of `channel`: whether to
     /// deliver it (through that channel). Advances that subscription's cursor.
     pub fn route_catch_up(&mut self, channel: &Channel, event: &Event) -> bool {
+        self.route_through(channel, event, true)
+    }
+
+    /// A live event from a batch of `channel`: whether to deliver it (through that
+    /// channel). Advances that subscription's cursor.
+    pub fn route_batched(&mut self, channel: &Channel, event: &Event) -> bool {
+        self.route_through(channel, event, false)
+    }
+
+    fn route_through(&mut self, channel: &Channel, event: &Event, catching_up: bool) -> bool {
         let deliver = match self.by_channel.get(channel) {
-            Some(sub) if sub.catching_up.is_some() && event.seq > sub.cursor => {
+            Some(sub) if sub.catching_up.is_some() == catching_up && event.seq > sub.cursor => {
                 sub.filter.matches(event) && !self.covered_elsewhere(event, channel)
             }
             _ => return false,
@@ -285,12 +312,14 @@ mod tests {
             Filter::all(),
             Value::Null,
             Start::Live { head: 0 },
+            false,
         );
         subs.add(
             ch("arena/b"),
             Filter::all(),
             Value::Null,
             Start::Live { head: 0 },
+            false,
         );
         let e = event(1, &["arena/b", "arena/a"], json!({}));
         assert_eq!(subs.route_live(&e), Some(0));
@@ -301,12 +330,19 @@ mod tests {
     fn filtered_out_subscription_does_not_block_another() {
         let mut subs = Subscriptions::default();
         let only_x = Filter::parse(&json!({"k": "x"})).unwrap();
-        subs.add(ch("arena/a"), only_x, Value::Null, Start::Live { head: 0 });
+        subs.add(
+            ch("arena/a"),
+            only_x,
+            Value::Null,
+            Start::Live { head: 0 },
+            false,
+        );
         subs.add(
             ch("arena/b"),
             Filter::all(),
             Value::Null,
             Start::Live { head: 0 },
+            false,
         );
         let e = event(1, &["arena/a", "arena/b"], json!({"k": "y"}));
         assert_eq!(subs.route_live(&e), Some(1));
@@ -321,6 +357,7 @@ mod tests {
             Filter::all(),
             Value::Null,
             Start::Resume { cursor: 2 },
+            false,
         );
         // Live events arrive while the backlog is read: ignored, the log read covers them.
         assert_eq!(subs.route_live(&event(4, &["arena/a"], json!({}))), None);
@@ -342,6 +379,7 @@ mod tests {
             Filter::all(),
             Value::Null,
             Start::Live { head: 6 },
+            false,
         );
         let shared = event(7, &["arena/a", "arena/b"], json!({}));
         assert_eq!(subs.route_live(&shared), Some(1));
@@ -351,6 +389,7 @@ mod tests {
             Filter::all(),
             Value::Null,
             Start::Resume { cursor: 0 },
+            false,
         );
         assert!(
             subs.route_catch_up(&a, &event(6, &["arena/a", "arena/b"], json!({}))),
@@ -371,6 +410,7 @@ mod tests {
             Filter::all(),
             Value::Null,
             Start::Live { head: 0 },
+            false,
         );
         assert_eq!(subs.route_live(&event(1, &["arena/a"], json!({}))), Some(0));
         subs.start_lag_recovery();
@@ -382,6 +422,39 @@ mod tests {
             "no caught_up for lag recovery"
         );
         assert!(!subs.is_catching_up());
+    }
+
+    #[test]
+    fn a_batched_channel_moves_only_with_its_batches() {
+        let mut subs = Subscriptions::default();
+        let hf = ch("arena/hf");
+        subs.add(
+            hf.clone(),
+            Filter::all(),
+            Value::Null,
+            Start::Live { head: 0 },
+            true,
+        );
+        subs.add(
+            ch("agent/x"),
+            Filter::all(),
+            Value::Null,
+            Start::Live { head: 0 },
+            false,
+        );
+        // A group of later events (one also in the batched channel) arrives before the batch.
+        let both = event(2, &["arena/hf", "agent/x"], json!({}));
+        assert_eq!(subs.route_live(&event(1, &["arena/hf"], json!({}))), None);
+        assert_eq!(
+            subs.route_live(&both),
+            Some(1),
+            "through the unbatched channel"
+        );
+        // The batch of arena/hf still delivers 1, and not 2 again.
+        assert!(subs.route_batched(&hf, &event(1, &["arena/hf"], json!({}))));
+        assert!(!subs.route_batched(&hf, &both));
+        assert!(subs.route_batched(&hf, &event(3, &["arena/hf"], json!({}))));
+        assert!(!subs.route_batched(&hf, &event(3, &["arena/hf"], json!({}))));
     }
 
     fn position(head: u64, removed_upto: u64) -> ChannelPosition {

@@ -11,6 +11,7 @@ mod datasets;
 mod delivery;
 mod durability;
 mod errors;
+mod frames;
 mod heartbeat;
 mod history;
 mod hostile;
