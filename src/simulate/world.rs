@@ -6,8 +6,14 @@
 //! (rounds numbered 1..n between a start and an end, totals that add up, …). Pacing and
 //! publishing belong to the caller.
 
+mod catalog;
+mod competition;
+
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+
+use catalog::{CURRICULA, MODELS, UNIVERSITIES};
+use competition::Competition;
 
 /// One generated event, before the publisher gives it an idempotency id.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,72 +37,6 @@ impl SimEvent {
 
 /// Each arena has its own agents, so two competitions never share one.
 const AGENTS_PER_ARENA: usize = 4;
-const UNIVERSITIES: [&str; 3] = ["u1", "u2", "u3"];
-const MODELS: [&str; 4] = ["ppo-lstm", "dqn-rainbow", "muzero-lite", "sac-transformer"];
-/// Elo points moved from the loser to the winner of a competition.
-const ELO_K: i32 = 16;
-
-struct Game {
-    name: &'static str,
-    actions: &'static [&'static str],
-    /// A round scores 0..=this many points per agent.
-    max_round_score: u32,
-}
-
-const GAMES: [Game; 4] = [
-    Game {
-        name: "capture_the_flag",
-        actions: &[
-            "advance",
-            "retreat",
-            "flank_left",
-            "flank_right",
-            "defend",
-            "capture",
-        ],
-        max_round_score: 10,
-    },
-    Game {
-        name: "poker_heads_up",
-        actions: &["fold", "check", "call", "raise", "all_in"],
-        max_round_score: 20,
-    },
-    Game {
-        name: "go_9x9",
-        actions: &["place", "pass", "resign_offer"],
-        max_round_score: 6,
-    },
-    Game {
-        name: "negotiation",
-        actions: &["offer", "counter", "accept", "reject", "walk_away"],
-        max_round_score: 8,
-    },
-];
-
-struct Curriculum {
-    id: &'static str,
-    modules: &'static [&'static str],
-}
-
-const CURRICULA: [Curriculum; 3] = [
-    Curriculum {
-        id: "rl-foundations",
-        modules: &["bandits", "mdp-basics", "q-learning", "policy-gradients"],
-    },
-    Curriculum {
-        id: "game-theory",
-        modules: &["normal-form", "nash-equilibria", "repeated-games"],
-    },
-    Curriculum {
-        id: "multi-agent",
-        modules: &[
-            "self-play",
-            "opponent-modeling",
-            "communication",
-            "league-training",
-        ],
-    },
-];
 
 /// What happens next, and how often: competition steps (rounds above all) dominate, then
 /// agent statuses, training samples, and progress reports.
@@ -116,16 +56,6 @@ const MIX: [(Happening, u32); 5] = [
     (Happening::AgentProgress, 8),
     (Happening::CurriculumProgress, 7),
 ];
-
-struct Competition {
-    id: String,
-    game: &'static Game,
-    agents: [usize; 2],
-    rounds_planned: u32,
-    rounds_played: u32,
-    totals: [u32; 2],
-    elapsed_ms: u64,
-}
 
 struct Agent {
     id: String,
@@ -226,146 +156,6 @@ impl World {
             roll -= weight;
         }
         unreachable!("the roll is below the sum of the weights")
-    }
-
-    fn competition_step(&mut self) -> SimEvent {
-        let arena = self.next_arena;
-        self.next_arena = (arena + 1) % self.arena_ids.len();
-        match self.running[arena].take() {
-            None => self.start_competition(arena),
-            Some(mut competition) if competition.rounds_played < competition.rounds_planned => {
-                let event = self.play_round(arena, &mut competition);
-                self.running[arena] = Some(competition);
-                event
-            }
-            Some(competition) => self.end_competition(arena, competition),
-        }
-    }
-
-    fn competition_channels(&self, arena: usize, competition: &str) -> Vec<String> {
-        vec![
-            format!("arena/{}", self.arena_ids[arena]),
-            format!("competition/{competition}"),
-        ]
-    }
-
-    fn start_competition(&mut self, arena: usize) -> SimEvent {
-        let base = arena * AGENTS_PER_ARENA;
-        let first = self.rng.random_range(0..AGENTS_PER_ARENA);
-        let second = (first + self.rng.random_range(1..AGENTS_PER_ARENA)) % AGENTS_PER_ARENA;
-        let agents = [base + first, base + second];
-        let game = &GAMES[self.rng.random_range(0..GAMES.len())];
-        let id = format!("c{}", self.next_competition);
-        self.next_competition += 1;
-        let rounds_planned = self.rng.random_range(5..=15);
-        for agent in agents {
-            self.agents[agent].competition = Some(id.clone());
-        }
-        let lineup: Vec<Value> = agents
-            .iter()
-            .map(|&a| {
-                let agent = &self.agents[a];
-                json!({
-                    "agent_id": agent.id,
-                    "university_id": agent.university,
-                    "model": agent.model,
-                    "elo": agent.elo,
-                })
-            })
-            .collect();
-        let event = SimEvent {
-            channels: self.competition_channels(arena, &id),
-            event_type: "competition_start",
-            data: json!({
-                "competition_id": id,
-                "arena_id": self.arena_ids[arena],
-                "game": game.name,
-                "agents": lineup,
-                "rounds_planned": rounds_planned,
-            }),
-        };
-        self.running[arena] = Some(Competition {
-            id,
-            game,
-            agents,
-            rounds_planned,
-            rounds_played: 0,
-            totals: [0, 0],
-            elapsed_ms: 0,
-        });
-        event
-    }
-
-    fn play_round(&mut self, arena: usize, competition: &mut Competition) -> SimEvent {
-        competition.rounds_played += 1;
-        let round_ms = self.rng.random_range(200..1500);
-        competition.elapsed_ms += round_ms;
-        let game = competition.game;
-        let mut moves = Vec::with_capacity(2);
-        for side in 0..2 {
-            let action = game.actions[self.rng.random_range(0..game.actions.len())];
-            let score = self.rng.random_range(0..=game.max_round_score);
-            competition.totals[side] += score;
-            moves.push(json!({
-                "agent_id": self.agents[competition.agents[side]].id,
-                "action": action,
-                "score": score,
-                "total": competition.totals[side],
-            }));
-        }
-        SimEvent {
-            channels: self.competition_channels(arena, &competition.id),
-            event_type: "competition_round",
-            data: json!({
-                "competition_id": competition.id,
-                "arena_id": self.arena_ids[arena],
-                "game": game.name,
-                "round": competition.rounds_played,
-                "rounds_planned": competition.rounds_planned,
-                "moves": moves,
-                "round_ms": round_ms,
-                "elapsed_ms": competition.elapsed_ms,
-            }),
-        }
-    }
-
-    fn end_competition(&mut self, arena: usize, competition: Competition) -> SimEvent {
-        let [a, b] = competition.agents;
-        let [total_a, total_b] = competition.totals;
-        let winner = match total_a.cmp(&total_b) {
-            std::cmp::Ordering::Greater => Some((a, b)),
-            std::cmp::Ordering::Less => Some((b, a)),
-            std::cmp::Ordering::Equal => None,
-        };
-        if let Some((won, lost)) = winner {
-            self.agents[won].elo += ELO_K;
-            self.agents[lost].elo -= ELO_K;
-        }
-        let mut final_scores = Map::new();
-        let mut elo = Map::new();
-        for (agent, total) in [(a, total_a), (b, total_b)] {
-            self.agents[agent].competition = None;
-            final_scores.insert(self.agents[agent].id.clone(), json!(total));
-            elo.insert(self.agents[agent].id.clone(), json!(self.agents[agent].elo));
-        }
-        let mut data = json!({
-            "competition_id": competition.id,
-            "arena_id": self.arena_ids[arena],
-            "game": competition.game.name,
-            "result": if winner.is_some() { "win" } else { "draw" },
-            "final_scores": final_scores,
-            "rounds": competition.rounds_played,
-            "duration_ms": competition.elapsed_ms,
-            "elo": elo,
-        });
-        if let Some((won, _)) = winner {
-            data["winner"] = json!(self.agents[won].id);
-        }
-        SimEvent {
-            channels: self.competition_channels(arena, &competition.id),
-            event_type: "competition_end",
-            data,
-        }
     }
 
     /// A heartbeat-like status: only the load figures and the report counter move from one
