@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 use streamlog::{
     client::{commands, Client, ClientError},
     config::{CliOverrides, Config},
-    simulate::{self, demo::DemoOptions},
 };
 
 #[derive(Parser)]
@@ -54,7 +53,7 @@ enum Command {
         #[arg(long)]
         demo: bool,
         /// Events per second of `--demo` [default: 20].
-        #[arg(long, requires = "demo", value_parser = simulate::parse_rate)]
+        #[arg(long, requires = "demo", value_parser = streamlog::simulate::parse_rate)]
         demo_rate: Option<f64>,
     },
     #[command(flatten)]
@@ -124,10 +123,10 @@ enum ClientCommand {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1000))]
         arenas: u16,
         /// Events per second.
-        #[arg(long, default_value = "100", value_parser = simulate::parse_rate)]
+        #[arg(long, default_value = "100", value_parser = streamlog::simulate::parse_rate)]
         rate: f64,
         /// Seconds to run [default: until Ctrl-C].
-        #[arg(long, value_parser = simulate::parse_seconds)]
+        #[arg(long, value_parser = streamlog::simulate::parse_seconds)]
         duration: Option<std::time::Duration>,
         /// Seed of the generator: the same seed publishes the same events.
         #[arg(long)]
@@ -265,12 +264,12 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             remote,
         } => {
             let client = Client::new(&remote.url, remote.token);
-            let options = simulate::SimulateOptions {
+            let options = streamlog::simulate::SimulateOptions {
                 arenas: arenas.into(),
-                pace: simulate::Pace { rate, duration },
+                pace: streamlog::simulate::Pace { rate, duration },
                 seed,
             };
-            let summary = simulate::simulate(client, options).await?;
+            let summary = streamlog::simulate::simulate(client, options).await?;
             println!("{summary}");
             Ok(())
         }
@@ -329,10 +328,7 @@ fn main() -> ExitCode {
                 data_dir,
                 insecure_demo,
             },
-            demo.then(|| DemoOptions {
-                rate: demo_rate.unwrap_or(DemoOptions::default().rate),
-                ..DemoOptions::default()
-            }),
+            demo.then(|| streamlog::simulate::demo::DemoOptions::with_rate(demo_rate)),
         ),
     }
 }
@@ -356,7 +352,7 @@ fn client_main(command: ClientCommand) -> ExitCode {
 fn serve_main(
     config: Option<PathBuf>,
     overrides: CliOverrides,
-    demo: Option<DemoOptions>,
+    demo: Option<streamlog::simulate::demo::DemoOptions>,
 ) -> ExitCode {
     init_tracing();
     let config = match Config::load(config.as_deref(), &overrides) {
@@ -370,9 +366,9 @@ fn serve_main(
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(streamlog::server::serve_with(
+    match runtime.block_on(streamlog::server::serve(
         config,
-        demo.map(simulate::demo::companion),
+        demo.map(streamlog::simulate::demo::companion),
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -46,13 +46,8 @@ pub enum ServeError {
 /// the log is closed only after it has.
 pub type Companion = Box<dyn FnOnce(AppState, SocketAddr) -> tokio::task::JoinHandle<()> + Send>;
 
-/// Runs the server until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
-    serve_with(config, None).await
-}
-
-/// Runs the server, and `companion` beside it, until SIGINT or SIGTERM.
-pub async fn serve_with(config: Config, companion: Option<Companion>) -> Result<(), ServeError> {
+/// Runs the server, and `companion` beside it when there is one, until SIGINT or SIGTERM.
+pub async fn serve(config: Config, companion: Option<Companion>) -> Result<(), ServeError> {
     run(config, shutdown_signal(), companion).await
 }
 

@@ -33,7 +33,18 @@ impl Default for DemoOptions {
     }
 }
 
-/// The companion task `server::serve_with` starts once the server listens.
+impl DemoOptions {
+    /// The defaults, at `rate` events per second when one is given.
+    pub fn with_rate(rate: Option<f64>) -> Self {
+        let defaults = Self::default();
+        Self {
+            rate: rate.unwrap_or(defaults.rate),
+            ..defaults
+        }
+    }
+}
+
+/// The companion task `server::serve` starts once the server listens.
 pub fn companion(options: DemoOptions) -> Companion {
     Box::new(move |state, addr| start(state, addr, options))
 }
