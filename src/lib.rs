@@ -41,6 +41,10 @@
 //! - [`rate_limit`] — the per-connection token bucket on client messages; owns governor.
 //! - [`bans`] — clients refused at the handshake for a while after flooding.
 //! - [`tls`] — built-in TLS: rustls configuration and a listener of finished handshakes.
+//! - [`simulate`] — simulated domain traffic (competitions, agent statuses, curricula,
+//!   training data): `world.rs` (with `world/catalog.rs`, `world/competition.rs`) is the
+//!   pure seeded generator, `mod.rs` publishes it paced over HTTP (`streamlog simulate`),
+//!   `demo.rs` feeds it into the server's own log (`serve --demo`).
 //! - [`error`] — `ApiError`, the one mapping of failures to HTTP and protocol errors.
 //! - `proptests.rs` — property tests of the parsers of client input (`fuzz/` holds the
 //!   cargo-fuzz targets for the same parsers, outside the workspace).
@@ -65,5 +69,6 @@ pub mod protocol;
 pub mod publish;
 pub mod rate_limit;
 pub mod server;
+pub mod simulate;
 pub mod tls;
 pub mod ws;

@@ -48,6 +48,13 @@ enum Command {
         /// server may then publish, read and administer it.
         #[arg(long)]
         insecure_demo: bool,
+        /// Publish simulated traffic (AI agents competing in arenas a1, a2) into the log,
+        /// through the in-process write path, until the server stops.
+        #[arg(long)]
+        demo: bool,
+        /// Events per second of `--demo` [default: 20].
+        #[arg(long, requires = "demo", value_parser = streamlog::simulate::parse_rate)]
+        demo_rate: Option<f64>,
     },
     #[command(flatten)]
     Client(ClientCommand),
@@ -106,6 +113,24 @@ enum ClientCommand {
         since: u64,
         #[arg(long)]
         limit: Option<usize>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Publish realistic simulated traffic (competitions, agent statuses, curricula,
+    /// training data) at a steady rate; prints a summary at the end.
+    Simulate {
+        /// Arenas, each with its own competitions and agents.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        arenas: u16,
+        /// Events per second.
+        #[arg(long, default_value = "100", value_parser = streamlog::simulate::parse_rate)]
+        rate: f64,
+        /// Seconds to run [default: until Ctrl-C].
+        #[arg(long, value_parser = streamlog::simulate::parse_seconds)]
+        duration: Option<std::time::Duration>,
+        /// Seed of the generator: the same seed publishes the same events.
+        #[arg(long)]
+        seed: Option<u64>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -231,6 +256,23 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             let client = Client::new(&remote.url, remote.token);
             commands::history(&client, &channel, since, limit).await
         }
+        ClientCommand::Simulate {
+            arenas,
+            rate,
+            duration,
+            seed,
+            remote,
+        } => {
+            let client = Client::new(&remote.url, remote.token);
+            let options = streamlog::simulate::SimulateOptions {
+                arenas: arenas.into(),
+                pace: streamlog::simulate::Pace { rate, duration },
+                seed,
+            };
+            let summary = streamlog::simulate::simulate(client, options).await?;
+            println!("{summary}");
+            Ok(())
+        }
         ClientCommand::Datasets { command, remote } => {
             let client = Client::new(&remote.url, remote.token);
             match command {
@@ -277,6 +319,8 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             insecure_demo,
+            demo,
+            demo_rate,
         } => serve_main(
             config,
             CliOverrides {
@@ -284,6 +328,7 @@ fn main() -> ExitCode {
                 data_dir,
                 insecure_demo,
             },
+            demo.then(|| streamlog::simulate::demo::DemoOptions::with_rate(demo_rate)),
         ),
     }
 }
@@ -304,7 +349,11 @@ fn client_main(command: ClientCommand) -> ExitCode {
     }
 }
 
-fn serve_main(config: Option<PathBuf>, overrides: CliOverrides) -> ExitCode {
+fn serve_main(
+    config: Option<PathBuf>,
+    overrides: CliOverrides,
+    demo: Option<streamlog::simulate::demo::DemoOptions>,
+) -> ExitCode {
     init_tracing();
     let config = match Config::load(config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -317,7 +366,10 @@ fn serve_main(config: Option<PathBuf>, overrides: CliOverrides) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(streamlog::server::serve(config)) {
+    match runtime.block_on(streamlog::server::serve(
+        config,
+        demo.map(streamlog::simulate::demo::companion),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("streamlog: {error}");

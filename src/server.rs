@@ -41,14 +41,27 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs the server until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
-    serve_until(config, shutdown_signal()).await
+/// A task started beside the server once it listens, given the shared state and the bound
+/// address: the built-in traffic of `serve --demo`. It must end once `shutdown` turns true;
+/// the log is closed only after it has.
+pub type Companion = Box<dyn FnOnce(AppState, SocketAddr) -> tokio::task::JoinHandle<()> + Send>;
+
+/// Runs the server, and `companion` beside it when there is one, until SIGINT or SIGTERM.
+pub async fn serve(config: Config, companion: Option<Companion>) -> Result<(), ServeError> {
+    run(config, shutdown_signal(), companion).await
 }
 
 pub async fn serve_until(
     config: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    run(config, stop, None).await
+}
+
+async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    companion: Option<Companion>,
 ) -> Result<(), ServeError> {
     let addr = config.listen_addr()?;
     let auth = Authenticator::new(&config.auth)?;
@@ -105,6 +118,7 @@ pub async fn serve_until(
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %local, scheme, "streamlog listening on {local}");
+    let companion = companion.map(|start| start(state.clone(), local));
 
     let router = crate::http::router(state.clone());
     let drain_timeout = Duration::from_secs(state.config.shutdown.drain_timeout_secs);
@@ -140,6 +154,9 @@ pub async fn serve_until(
     let deadline = tokio::time::Instant::now() + drain_timeout;
     while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(companion) = companion {
+        let _ = companion.await;
     }
     log.close().await?;
     dispatcher.abort();

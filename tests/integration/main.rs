@@ -20,5 +20,6 @@ mod operations;
 mod replay;
 mod resume;
 mod retention;
+mod simulate;
 mod startup;
 mod tls;

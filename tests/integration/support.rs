@@ -35,6 +35,8 @@ pub struct Server {
     _temp: Option<tempfile::TempDir>,
     config: Option<String>,
     env: Vec<(String, String)>,
+    /// Extra arguments of `streamlog serve`, e.g. `--demo`.
+    args: Vec<String>,
     pub output: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
     /// Set for a server with built-in TLS: how the tests trust its certificate.
@@ -56,6 +58,15 @@ impl Server {
         Self::start_inner(config, env, None).await
     }
 
+    /// Starts with these extra `serve` arguments and environment variables (and no
+    /// configuration file).
+    pub async fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut server = Self::unlaunched("", env, None);
+        server.args = args.iter().map(|a| a.to_string()).collect();
+        server.launch().await;
+        server
+    }
+
     /// Starts a server with built-in TLS; `tls` trusts its certificate.
     pub async fn start_tls(config: &str, tls: Arc<rustls::ClientConfig>) -> Server {
         Self::start_inner(config, &[], Some(tls)).await
@@ -66,9 +77,19 @@ impl Server {
         env: &[(&str, &str)],
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Server {
+        let mut server = Self::unlaunched(config, env, tls);
+        server.launch().await;
+        server
+    }
+
+    fn unlaunched(
+        config: &str,
+        env: &[(&str, &str)],
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_path_buf();
-        let mut server = Server {
+        Server {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             dir,
@@ -78,12 +99,11 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: Vec::new(),
             output: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
             tls,
-        };
-        server.launch().await;
-        server
+        }
     }
 
     /// Starts again on the same data dir (after `kill` or `stop`), on a new port.
@@ -111,6 +131,7 @@ impl Server {
             .args(["--listen", listen])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
+            .args(&self.args)
             .env("STREAMLOG_LOG", "info")
             .env_remove("STREAMLOG_LISTEN")
             .env_remove("STREAMLOG_DATA_DIR")
