@@ -224,6 +224,10 @@ async fn accept(
     response.into_response()
 }
 
+type Stream = linger::Shared<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A connection's task. Setting up is synchronous and the rare paths are boxed, so that
+/// what the task holds while the connection idles is the session and little else.
 async fn run_connection(
     app: AppState,
     ws: WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
@@ -234,6 +238,43 @@ async fn run_connection(
     // Nothing has been read from the upgraded stream yet, so taking it out of the
     // WebSocket loses nothing; the writing half gets the gathering buffer.
     let mut stream = linger::Shared::new(ws.into_inner());
+    let (session, conn, reader) = match open_session(&app, &stream, &params, admission) {
+        Ok(opened) => opened,
+        Err(refused) => {
+            Box::pin(refused).await;
+            Box::pin(linger::linger(&mut stream)).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("connection", client_id = %conn.client_id, user = %conn.user);
+    let closed_with = session.run(initial).instrument(span).await;
+    reader.abort();
+    app.hub.disconnect(conn.id);
+    METRICS.connections_active.dec();
+    let code = closed_with.map_or_else(|| "client".to_string(), |code| code.to_string());
+    METRICS.connection_closed(&code);
+    tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, close = %code, "connection closed");
+    if closed_with.is_some() {
+        Box::pin(linger::linger(&mut stream)).await;
+    }
+}
+
+/// Registers the connection and builds its session and reader; or, when the handshake
+/// found no slot, the close to send instead.
+#[allow(clippy::type_complexity)]
+fn open_session(
+    app: &AppState,
+    stream: &Stream,
+    params: &SessionParams,
+    admission: Admission,
+) -> Result<
+    (
+        Session<Stream>,
+        Arc<crate::fanout::ConnectionHandle>,
+        tokio::task::JoinHandle<()>,
+    ),
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+> {
     let (read, write) = fastwebsockets::after_handshake_split(
         stream.clone(),
         Gather::new(stream.clone()),
@@ -257,10 +298,9 @@ async fn run_connection(
             };
             audit_refused(&info.user, admission.remote, reason);
             METRICS.connection_refused(close::TRY_AGAIN_LATER);
-            sink.close(close::TRY_AGAIN_LATER, reason).await;
-            drop(sink);
-            linger::linger(&mut stream).await;
-            return;
+            return Err(Box::pin(async move {
+                sink.close(close::TRY_AGAIN_LATER, reason).await;
+            }));
         }
     };
     let (conn, queue) = app
@@ -277,26 +317,16 @@ async fn run_connection(
         inbound_tx,
         last_seen_ms.clone(),
     );
-    let span = tracing::info_span!("connection", client_id = %conn.client_id, user = %conn.user);
     let session = Session::new(
         app.clone(),
         conn.clone(),
         queue,
         inbound,
         sink,
-        &params,
+        params,
         last_seen_ms,
     );
-    let closed_with = session.run(initial).instrument(span).await;
-    reader.abort();
-    app.hub.disconnect(conn.id);
-    METRICS.connections_active.dec();
-    let code = closed_with.map_or_else(|| "client".to_string(), |code| code.to_string());
-    METRICS.connection_closed(&code);
-    tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, close = %code, "connection closed");
-    if closed_with.is_some() {
-        linger::linger(&mut stream).await;
-    }
+    Ok((session, conn, reader))
 }
 
 /// Where a connection comes from, and its place among the connections (or which limit

@@ -23,28 +23,39 @@ use tokio::{
 
 use crate::event::now_ms;
 
+/// What the reader hands the session. Kept to two words (its variants box what they carry):
+/// the session's channel allocates room for 32 of them per connection up front.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A complete data message, and its share of the byte budget (given back when the
-    /// message is dropped).
-    Message {
-        payload: Vec<u8>,
-        binary: bool,
-        _budget: OwnedSemaphorePermit,
-    },
+    /// A complete data message.
+    Message(Box<Message>),
     /// A frame the protocol obliges us to send back (pong, close echo).
-    Reply { opcode: OpCode, payload: Vec<u8> },
+    Reply(Box<Reply>),
     /// The client sent a close frame (the echo was sent as a `Reply` before).
     Closed,
     /// The peer broke the protocol or the connection; nothing more will come.
     Failed(ReadFailure),
 }
 
+/// A data message, and its share of the byte budget (given back when it is dropped).
+#[derive(Debug)]
+pub struct Message {
+    pub payload: Vec<u8>,
+    pub binary: bool,
+    _budget: OwnedSemaphorePermit,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub opcode: OpCode,
+    pub payload: Vec<u8>,
+}
+
 #[derive(Debug)]
 pub enum ReadFailure {
     TooLarge,
     InvalidUtf8,
-    Protocol(String),
+    Protocol(Box<String>),
     Gone,
 }
 
@@ -83,10 +94,10 @@ async fn read_messages<S: AsyncRead + Unpin>(
     let mut partial: Option<(Vec<u8>, bool)> = None;
     let replies = inbound.clone();
     let mut send_reply = move |frame: Frame<'_>| {
-        let reply = Inbound::Reply {
+        let reply = Inbound::Reply(Box::new(Reply {
             opcode: frame.opcode,
             payload: frame.payload.to_vec(),
-        };
+        }));
         let replies = replies.clone();
         async move { replies.send(reply).await.map_err(|_| "session ended") }
     };
@@ -100,9 +111,9 @@ async fn read_messages<S: AsyncRead + Unpin>(
             OpCode::Close => return Inbound::Closed,
             OpCode::Ping | OpCode::Pong => continue,
             OpCode::Text | OpCode::Binary if partial.is_some() => {
-                return Inbound::Failed(ReadFailure::Protocol(
+                return Inbound::Failed(ReadFailure::Protocol(Box::new(
                     "new message inside a fragmented one".into(),
-                ))
+                )))
             }
             OpCode::Text | OpCode::Binary if !frame.fin => {
                 partial = Some((frame.payload.to_vec(), frame.opcode == OpCode::Binary));
@@ -113,9 +124,9 @@ async fn read_messages<S: AsyncRead + Unpin>(
             }
             OpCode::Continuation => {
                 let Some((buffer, binary)) = partial.as_mut() else {
-                    return Inbound::Failed(ReadFailure::Protocol(
+                    return Inbound::Failed(ReadFailure::Protocol(Box::new(
                         "continuation without a message".into(),
-                    ));
+                    )));
                 };
                 if buffer.len() + frame.payload.len() > max_message_bytes {
                     return Inbound::Failed(ReadFailure::TooLarge);
@@ -137,11 +148,11 @@ async fn read_messages<S: AsyncRead + Unpin>(
         let Ok(budget) = budget.clone().acquire_many_owned(share).await else {
             return Inbound::Failed(ReadFailure::Gone);
         };
-        let message = Inbound::Message {
+        let message = Inbound::Message(Box::new(Message {
             payload,
             binary,
             _budget: budget,
-        };
+        }));
         if inbound.send(message).await.is_err() {
             return Inbound::Failed(ReadFailure::Gone);
         }
@@ -165,6 +176,6 @@ fn failure(error: WebSocketError) -> ReadFailure {
         WebSocketError::UnexpectedEOF
         | WebSocketError::ConnectionClosed
         | WebSocketError::IoError(_) => ReadFailure::Gone,
-        other => ReadFailure::Protocol(other.to_string()),
+        other => ReadFailure::Protocol(Box::new(other.to_string())),
     }
 }

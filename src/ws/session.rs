@@ -152,7 +152,9 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     /// Runs the connection to its end; the caller unregisters it afterwards. Returns the
     /// close code the server sent, `None` when the client closed or vanished.
     pub async fn run(mut self, initial: Option<InitialSubscription>) -> Option<u16> {
-        let flow = match self.open(initial).await {
+        // Steps that run once or rarely are boxed, here and in `serve`: an idle connection's
+        // task then holds only the loop's own state, not room for its largest step.
+        let flow = match Box::pin(self.open(initial)).await {
             Ok(()) => self.serve().await,
             Err(flow) => flow,
         };
@@ -165,7 +167,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                     reason = format!("lagging: resume from {}", self.subs.resume_cursor());
                 }
                 tracing::debug!(code, %reason, "closing");
-                self.sink.close(code, &reason).await;
+                Box::pin(self.sink.close(code, &reason)).await;
                 Some(code)
             }
             Flow::End => None,
@@ -212,21 +214,21 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                     Err(Flow::Close(close::GOING_AWAY, "server shutting down".into()))
                 }
                 item = self.inbound.recv() => match item {
-                    Some(item) => self.on_inbound(item).await,
+                    Some(item) => Box::pin(self.on_inbound(item)).await,
                     None => Err(Flow::End),
                 },
-                Some(delivery) = self.queue.recv() => self.on_deliveries(delivery).await,
-                Some(answer) = next_answer(&mut self.publishes) => self.on_published(answer).await,
-                _ = ticks.tick() => self.on_heartbeat(timeout_ms).await,
+                Some(delivery) = self.queue.recv() => Box::pin(self.on_deliveries(delivery)).await,
+                Some(answer) = next_answer(&mut self.publishes) => Box::pin(self.on_published(answer)).await,
+                _ = ticks.tick() => Box::pin(self.on_heartbeat(timeout_ms)).await,
                 reason = self.conn.kicked() => Err(Flow::Close(close::POLICY, reason)),
-                _ = &mut expiry => self.on_token_expired().await,
-                _ = std::future::ready(()), if catching_up => self.catch_up_step().await,
-                _ = sleep_until(replay_wake), if replay_wake.is_some() => self.replay_step().await,
+                _ = &mut expiry => Box::pin(self.on_token_expired()).await,
+                _ = std::future::ready(()), if catching_up => Box::pin(self.catch_up_step()).await,
+                _ = sleep_until(replay_wake), if replay_wake.is_some() => Box::pin(self.replay_step()).await,
             };
             if let Err(flow) = step {
                 return flow;
             }
-            if let Err(error) = self.sink.flush().await {
+            if let Err(error) = Box::pin(self.sink.flush()).await {
                 return error.into();
             }
             for (durable_at, count) in self.unflushed_live.drain(..) {
@@ -237,15 +239,14 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
 
     async fn on_inbound(&mut self, item: Inbound) -> Result<(), Flow> {
         match item {
-            Inbound::Message {
-                payload, binary, ..
-            } => match self.rate.check() {
-                Verdict::Allowed => self.on_message(&payload, binary).await,
+            Inbound::Message(message) => match self.rate.check() {
+                Verdict::Allowed => self.on_message(&message.payload, message.binary).await,
                 Verdict::Refused { retry_after } => self.on_rate_limited(retry_after).await,
                 Verdict::Flooding => self.on_flooding().await,
             },
-            Inbound::Reply { opcode, payload } => {
-                let frame = fastwebsockets::Frame::new(true, opcode, None, payload.into());
+            Inbound::Reply(reply) => {
+                let opcode = reply.opcode;
+                let frame = fastwebsockets::Frame::new(true, opcode, None, reply.payload.into());
                 self.sink.write(frame).await?;
                 if opcode == fastwebsockets::OpCode::Close {
                     self.sink.flush().await?;
@@ -270,7 +271,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 "text frame is not UTF-8".into(),
             )),
             Inbound::Failed(ReadFailure::Protocol(why)) => {
-                Err(Flow::Close(close::PROTOCOL_ERROR, why))
+                Err(Flow::Close(close::PROTOCOL_ERROR, *why))
             }
             Inbound::Failed(ReadFailure::Gone) => Err(Flow::End),
         }
