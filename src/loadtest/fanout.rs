@@ -125,7 +125,7 @@ pub async fn run(
         args.rate, args.secs
     );
     let started = Instant::now();
-    let published = publish_at_rate(target, &channel, args).await;
+    let published = publish_on_own_thread(target, &channel, args).await?;
     let publish_secs = started.elapsed().as_secs_f64();
     let _ = expected_tx.send(published.events);
     let stopper = tokio::spawn({
@@ -235,6 +235,33 @@ struct Published {
     seq_sum: u64,
     failures: u64,
     first_failure: Option<String>,
+}
+
+/// Runs the publisher on a thread and runtime of its own: the subscribers' tasks, busy
+/// decoding, must not delay its ticks (the rate would drop and the send times would lie).
+async fn publish_on_own_thread(
+    target: &Target,
+    channel: &str,
+    args: &FanoutArgs,
+) -> Result<Published, BenchError> {
+    let (target, channel, args) = (
+        target.for_other_runtime()?,
+        channel.to_string(),
+        args.clone(),
+    );
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-publisher".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let _ = done_tx.send(runtime.block_on(publish_at_rate(&target, &channel, &args)));
+        })
+        .map_err(|e| BenchError::Setup(format!("cannot start the publisher thread: {e}")))?;
+    done.await
+        .map_err(|_| BenchError::Failed("the publisher thread ended without an answer".into()))
 }
 
 /// Publishes at `args.rate` for `args.secs`, each event carrying its send time in µs.

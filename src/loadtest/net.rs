@@ -58,16 +58,20 @@ impl Target {
                  server on this machine"
             )));
         }
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| BenchError::Setup(e.to_string()))?;
         Ok(Target {
             base: format!("http://{addr}"),
             addr,
             token,
-            http,
+            http: http_client()?,
+        })
+    }
+
+    /// The same target with an HTTP client of its own, for use on another runtime (a
+    /// client's pooled connections belong to the runtime that opened them).
+    pub fn for_other_runtime(&self) -> Result<Target, BenchError> {
+        Ok(Target {
+            http: http_client()?,
+            ..self.clone()
         })
     }
 
@@ -187,6 +191,14 @@ impl Target {
             Err(e) => Err(ConnectError::WebSocket(e)),
         }
     }
+}
+
+fn http_client() -> Result<reqwest::Client, BenchError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| BenchError::Setup(e.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
