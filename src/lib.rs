@@ -17,6 +17,8 @@
 //!
 //! - `main.rs` — the `streamlog` command line: `serve`, and the client subcommands.
 //! - [`client`] — the client library the subcommands share: HTTP and WebSocket, `tail`.
+//! - [`loadtest`] — `streamlog bench`, the load tool run against a local server; decodes
+//!   every frame mode on the client side.
 //! - [`config`] — the one typed `Config`: defaults, TOML, `STREAMLOG_*` overrides, validation.
 //! - [`server`] — wiring and lifecycle (bind, serve, graceful shutdown).
 //! - [`app`] — the state shared by routes and sessions.
@@ -61,6 +63,7 @@ pub mod event;
 pub mod fanout;
 pub mod filter;
 pub mod http;
+pub mod loadtest;
 pub mod log;
 pub mod metrics;
 #[cfg(test)]

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use streamlog::{
     client::{commands, Client, ClientError},
     config::{CliOverrides, Config},
+    loadtest::BenchArgs,
 };
 
 #[derive(Parser)]
@@ -58,6 +59,15 @@ enum Command {
     },
     #[command(flatten)]
     Client(ClientCommand),
+    /// Measure a running server on this machine: publish throughput, fan-out, catch-up,
+    /// memory per idle connection, bytes per frame mode. Prints tables; `--json` writes
+    /// the report.
+    Bench {
+        #[command(flatten)]
+        args: Box<BenchArgs>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// The subcommands that talk to a running server.
@@ -314,6 +324,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Client(command) => client_main(command),
+        Command::Bench { args, remote } => bench_main(*args, remote),
         Command::Serve {
             config,
             listen,
@@ -345,6 +356,22 @@ fn client_main(command: ClientCommand) -> ExitCode {
         Err(error) => {
             eprintln!("streamlog: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_main(args: BenchArgs, remote: Remote) -> ExitCode {
+    // Thousands of sockets and a million decoded frames a second want every core.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(streamlog::loadtest::run(args, &remote.url, remote.token)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("streamlog bench: {error}");
+            ExitCode::from(2)
         }
     }
 }

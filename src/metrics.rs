@@ -74,6 +74,7 @@ pub struct Metrics {
     log_size_bytes: Gauge,
     retained_events: Gauge,
     log_head: Gauge,
+    resident_memory_bytes: Gauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -124,6 +125,7 @@ impl Metrics {
             log_size_bytes: Gauge::default(),
             retained_events: Gauge::default(),
             log_head: Gauge::default(),
+            resident_memory_bytes: Gauge::default(),
         };
         registry.register(
             "connections_active",
@@ -231,6 +233,11 @@ impl Metrics {
             "Seq of the last durable event",
             m.log_head.clone(),
         );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process (Linux; 0 elsewhere)",
+            m.resident_memory_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -301,10 +308,21 @@ impl Metrics {
         self.log_size_bytes.set(snapshot.log_size_bytes as i64);
         self.retained_events.set(snapshot.retained_events as i64);
         self.log_head.set(snapshot.log_head as i64);
+        self.resident_memory_bytes
+            .set(resident_memory_bytes().unwrap_or(0) as i64);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Resident pages (`/proc/self/statm`, second field) times the page size.
+fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page_size).ok()?)
 }
 
 #[cfg(test)]
@@ -330,8 +348,17 @@ mod tests {
             "streamlog_subscriptions_active ",
             "streamlog_errors_total{code=\"INVALID_MESSAGE\"} ",
             "streamlog_queue_depth_max 4",
+            "streamlog_process_resident_memory_bytes ",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        if cfg!(target_os = "linux") {
+            let rss = text
+                .lines()
+                .find_map(|l| l.strip_prefix("streamlog_process_resident_memory_bytes "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("a resident memory sample");
+            assert!(rss > 1 << 20, "a process holds more than 1 MiB: {rss}");
         }
         assert_eq!(kind_label("arena").kind, "arena");
         assert_eq!(kind_label("weird").kind, "other");

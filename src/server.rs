@@ -48,6 +48,10 @@ pub type Companion = Box<dyn FnOnce(AppState, SocketAddr) -> tokio::task::JoinHa
 
 /// Runs the server, and `companion` beside it when there is one, until SIGINT or SIGTERM.
 pub async fn serve(config: Config, companion: Option<Companion>) -> Result<(), ServeError> {
+    match raise_open_files_limit() {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
     run(config, shutdown_signal(), companion).await
 }
 
@@ -178,6 +182,30 @@ where
     axum::serve(listener, service)
         .with_graceful_shutdown(graceful)
         .await
+}
+
+/// Raises this process's soft limit on open files to the hard limit: every connection is
+/// a file descriptor, and the usual soft default (1024) would refuse connections long
+/// before `limits.max_connections`. Answers the limit now in force.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform.
+    Ok(limit.rlim_cur as u64)
 }
 
 async fn shutdown_signal() {

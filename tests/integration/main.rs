@@ -16,6 +16,7 @@ mod heartbeat;
 mod history;
 mod hostile;
 mod limits;
+mod loadtool;
 mod operations;
 mod replay;
 mod resume;

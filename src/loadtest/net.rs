@@ -1,0 +1,269 @@
+//! How the load tool reaches the server: the checked loopback `Target`, HTTP calls
+//! (publish, health, metrics, channel list) and WebSocket connections in any frame mode,
+//! optionally from a chosen source address.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::{
+    tungstenite::{self, protocol::CloseFrame, Message},
+    WebSocketStream,
+};
+
+use super::{frames::Mode, BenchError};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A running server on this machine.
+#[derive(Clone)]
+pub struct Target {
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    pub addr: SocketAddr,
+    token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Target {
+    /// Refuses anything but a plain-HTTP server on a loopback address: the tool opens
+    /// thousands of connections and must never be pointed at a remote host.
+    pub async fn new(url: &str, token: Option<String>) -> Result<Target, BenchError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| BenchError::Setup(format!("--url `{url}`: {e}")))?;
+        if parsed.scheme() != "http" {
+            return Err(BenchError::Setup(format!(
+                "--url `{url}`: the load tool speaks plain http to a local server"
+            )));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| BenchError::Setup(format!("--url `{url}`: {e}")))?
+            .collect();
+        let Some(addr) = addrs.first().copied() else {
+            return Err(BenchError::Setup(format!("--url `{url}`: no address")));
+        };
+        if !addrs.iter().all(|a| a.ip().is_loopback()) {
+            return Err(BenchError::Setup(format!(
+                "--url `{url}` is not a loopback address: the load tool only runs against a \
+                 server on this machine"
+            )));
+        }
+        Ok(Target {
+            base: format!("http://{addr}"),
+            addr,
+            token,
+            http: http_client()?,
+        })
+    }
+
+    /// The same target with an HTTP client of its own, for use on another runtime (a
+    /// client's pooled connections belong to the runtime that opened them).
+    pub fn for_other_runtime(&self) -> Result<Target, BenchError> {
+        Ok(Target {
+            http: http_client()?,
+            ..self.clone()
+        })
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn get_text(&self, path: &str) -> Result<String, BenchError> {
+        let response = self.request(reqwest::Method::GET, path).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(BenchError::Server(format!("GET {path}: {status}: {text}")));
+        }
+        Ok(text)
+    }
+
+    pub async fn health(&self) -> Result<Value, BenchError> {
+        let text = self.get_text("/health").await?;
+        serde_json::from_str(&text).map_err(|e| BenchError::Server(format!("/health: {e}")))
+    }
+
+    /// The value of an unlabelled sample of `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<f64, BenchError> {
+        let text = self.get_text("/metrics").await?;
+        parse_metric(&text, name).ok_or_else(|| {
+            BenchError::Server(format!(
+                "/metrics has no `{name}`: is this a streamlog server of this version?"
+            ))
+        })
+    }
+
+    /// Every channel the log holds, with its head (`GET /api/v1/channels`, admin).
+    pub async fn channels(&self) -> Result<Vec<(String, u64)>, BenchError> {
+        let text = self.get_text("/api/v1/channels").await?;
+        let answer: Value = serde_json::from_str(&text)
+            .map_err(|e| BenchError::Server(format!("/api/v1/channels: {e}")))?;
+        Ok(answer["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c["channel"].as_str()?.to_string(), c["head"].as_u64()?)))
+            .collect())
+    }
+
+    /// Publishes a batch (a JSON array body); answers the seqs.
+    pub async fn publish(&self, body: String) -> Result<Vec<u64>, BenchError> {
+        let response = self
+            .request(reqwest::Method::POST, "/api/v1/events")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(BenchError::Server(format!("publish: {status}: {text}")));
+        }
+        let answer: Value = serde_json::from_str(&text)
+            .map_err(|e| BenchError::Server(format!("publish answer: {e}")))?;
+        answer["seqs"]
+            .as_array()
+            .map(|seqs| seqs.iter().filter_map(Value::as_u64).collect())
+            .ok_or_else(|| BenchError::Server(format!("publish answer: {text}")))
+    }
+
+    /// The WebSocket URL of `path` with the mode's, the token's and `extra` parameters.
+    pub fn ws_url(&self, path: &str, mode: Mode, extra: &[(&str, String)]) -> String {
+        let mut params: Vec<String> = mode
+            .query()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        params.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        if let Some(token) = &self.token {
+            params.push(format!("token={token}"));
+        }
+        let mut url = format!("ws://{}{path}", self.addr);
+        if !params.is_empty() {
+            url.push('?');
+            url.push_str(&params.join("&"));
+        }
+        url
+    }
+
+    /// Opens a WebSocket, from `source` when given (an address of this host to bind to).
+    pub async fn ws_connect(&self, url: &str, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(ConnectError::Io)?;
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(ConnectError::Io)?;
+        }
+        let tcp = socket.connect(self.addr).await.map_err(ConnectError::Io)?;
+        let _ = tcp.set_nodelay(true);
+        match tokio_tungstenite::client_async(url, tcp).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err(ConnectError::Refused {
+                    status: response.status().as_u16(),
+                    body,
+                })
+            }
+            Err(e) => Err(ConnectError::WebSocket(e)),
+        }
+    }
+}
+
+fn http_client() -> Result<reqwest::Client, BenchError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| BenchError::Setup(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("handshake refused with HTTP {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("WebSocket: {0}")]
+    WebSocket(tungstenite::Error),
+}
+
+impl From<ConnectError> for BenchError {
+    fn from(e: ConnectError) -> Self {
+        BenchError::Server(e.to_string())
+    }
+}
+
+/// The first sample named exactly `name` in Prometheus text.
+pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// A frame read from a subscriber's socket.
+pub enum Incoming {
+    /// A data frame: its payload and whether it was binary.
+    Data(Bytes, bool),
+    /// The server closed with this code and reason (1006 when it closed without a frame).
+    Closed(u16, String),
+}
+
+/// The next data frame or the close; pings are answered by the library as it reads.
+pub async fn next_frame(ws: &mut Ws) -> Incoming {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Incoming::Data(Bytes::from(text), false),
+            Some(Ok(Message::Binary(bytes))) => return Incoming::Data(bytes, true),
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame
+                    .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Incoming::Closed(code, reason);
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Incoming::Closed(1006, e.to_string()),
+            None => return Incoming::Closed(1006, "connection ended".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_lines_are_matched_by_whole_name() {
+        let text =
+            "# HELP x\nstreamlog_connections_active_max 3\nstreamlog_connections_active 12\n";
+        assert_eq!(
+            parse_metric(text, "streamlog_connections_active"),
+            Some(12.0)
+        );
+        assert_eq!(parse_metric(text, "streamlog_missing"), None);
+    }
+}

@@ -1,0 +1,214 @@
+//! A checking subscriber of one channel, shared by the fan-out, catch-up and idle
+//! scenarios: it opens `/ws/{channel}` in a frame mode, and counts what it receives — every
+//! seq once and in order, or it says how often it was not — resuming with `since` when the
+//! server closes it as lagging (4000).
+
+use std::{net::IpAddr, time::Instant};
+
+use tokio::sync::watch;
+
+use super::{
+    frames::{Control, Decoder, Message, Mode},
+    latency::{now_us, Latencies},
+    net::{next_frame, ConnectError, Incoming, Target, Ws},
+};
+
+/// Close codes the tool acts on (CONTRACT §5).
+pub const TRY_AGAIN_LATER: u16 = 1013;
+pub const LAGGING: u16 = 4000;
+
+/// How long opening a subscription may take before the tool gives up on it.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the server refused the connection with 1013: {0}")]
+    LimitReached(String),
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// An open connection subscribed to one channel.
+pub struct Opened {
+    pub ws: Ws,
+    pub decoder: Decoder,
+    pub hello: Control,
+}
+
+/// Connects to `/ws/{channel}` (with `since`/`epoch` when resuming) and reads up to the
+/// `subscribed` answer.
+pub async fn open(
+    target: &Target,
+    channel: &str,
+    mode: Mode,
+    resume: Option<(u64, &str)>,
+    source: Option<IpAddr>,
+) -> Result<Opened, OpenError> {
+    let mut extra = Vec::new();
+    if let Some((since, epoch)) = resume {
+        extra.push(("since", since.to_string()));
+        extra.push(("epoch", epoch.to_string()));
+    }
+    let url = target.ws_url(&format!("/ws/{channel}"), mode, &extra);
+    let opening = async {
+        let mut ws = target.ws_connect(&url, source).await?;
+        let mut decoder = Decoder::new(mode);
+        let mut hello = None;
+        loop {
+            let (payload, binary) = match next_frame(&mut ws).await {
+                Incoming::Data(payload, binary) => (payload, binary),
+                Incoming::Closed(TRY_AGAIN_LATER, reason) => {
+                    return Err(OpenError::LimitReached(reason))
+                }
+                Incoming::Closed(code, reason) => {
+                    return Err(OpenError::Other(format!(
+                        "closed with {code} before `subscribed`: {reason}"
+                    )))
+                }
+            };
+            let messages = decoder
+                .decode(&payload, binary)
+                .map_err(|e| OpenError::Other(e.to_string()))?;
+            for message in messages {
+                match message {
+                    Message::Control(c) if c.kind == "connection_established" => hello = Some(c),
+                    Message::Control(c) if c.kind == "subscribed" => {
+                        let hello = hello.ok_or_else(|| {
+                            OpenError::Other("`subscribed` before `connection_established`".into())
+                        })?;
+                        return Ok(Opened { ws, decoder, hello });
+                    }
+                    Message::Control(c) if c.kind == "error" => {
+                        return Err(OpenError::Other(format!(
+                            "{}: {}",
+                            c.code.unwrap_or_default(),
+                            c.message.unwrap_or_default()
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(OPEN_TIMEOUT, opening)
+        .await
+        .unwrap_or_else(|_| Err(OpenError::Other("no `subscribed` within 30 s".into())))
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Events of the channel received in strictly increasing seq order.
+    pub received: u64,
+    /// Events whose seq was not above the previous one: duplicates or out of order.
+    pub disorder: u64,
+    /// Sum of the seqs received in order, to compare with what was published.
+    pub seq_sum: u64,
+    pub resumes: u64,
+    pub caught_up: bool,
+    /// Append-to-receipt times, from the `sent_us` the publisher put in each event.
+    pub latencies: Latencies,
+    pub first_event_at: Option<Instant>,
+    pub last_event_at: Option<Instant>,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// When a subscriber is done: `expected` events (unknown, `u64::MAX`, while publishing
+/// goes on), plus `caught_up` when asked; or as soon as `stop` turns true.
+pub struct Goal {
+    pub expected: watch::Receiver<u64>,
+    pub stop: watch::Receiver<bool>,
+    pub needs_caught_up: bool,
+    pub measure_latency: bool,
+}
+
+impl Goal {
+    fn reached(&self, tally: &Tally) -> bool {
+        tally.received >= *self.expected.borrow() && (!self.needs_caught_up || tally.caught_up)
+    }
+}
+
+/// Reads the channel until the goal is reached, resuming after a 4000 close.
+pub async fn follow(
+    target: &Target,
+    channel: &str,
+    mode: Mode,
+    opened: Opened,
+    mut goal: Goal,
+) -> Tally {
+    let mut tally = Tally::default();
+    let Opened {
+        mut ws,
+        mut decoder,
+        hello,
+    } = opened;
+    let epoch = hello.epoch.unwrap_or_default();
+    // Everything after the head at connect time is this subscriber's to receive.
+    let mut cursor = hello.head.unwrap_or(0);
+    let mut last_seq: Option<u64> = None;
+    while !goal.reached(&tally) && !*goal.stop.borrow() {
+        let frame = tokio::select! {
+            frame = next_frame(&mut ws) => frame,
+            _ = goal.expected.changed() => continue,
+            _ = goal.stop.changed() => continue,
+        };
+        match frame {
+            Incoming::Data(payload, binary) => {
+                let messages = match decoder.decode(&payload, binary) {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        tally.error = Some(format!("undecodable frame: {e}"));
+                        break;
+                    }
+                };
+                for message in messages {
+                    match message {
+                        Message::Event(event) if event.channel == channel => {
+                            let now = Instant::now();
+                            tally.first_event_at.get_or_insert(now);
+                            tally.last_event_at = Some(now);
+                            if last_seq.is_some_and(|last| event.seq <= last) {
+                                tally.disorder += 1;
+                                continue;
+                            }
+                            last_seq = Some(event.seq);
+                            cursor = event.seq;
+                            tally.received += 1;
+                            tally.seq_sum = tally.seq_sum.wrapping_add(event.seq);
+                            if goal.measure_latency {
+                                if let Some(sent) =
+                                    event.data.get("sent_us").and_then(|v| v.as_u64())
+                                {
+                                    tally.latencies.record_us(now_us().saturating_sub(sent));
+                                }
+                            }
+                        }
+                        Message::Control(c) if c.kind == "caught_up" => tally.caught_up = true,
+                        _ => {}
+                    }
+                }
+            }
+            Incoming::Closed(LAGGING, _) => {
+                match open(target, channel, mode, Some((cursor, &epoch)), None).await {
+                    Ok(again) => {
+                        tally.resumes += 1;
+                        ws = again.ws;
+                        decoder = again.decoder;
+                    }
+                    Err(e) => {
+                        tally.error = Some(format!("resume after 4000 failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            Incoming::Closed(code, reason) => {
+                tally.error = Some(format!("closed with {code}: {reason}"));
+                break;
+            }
+        }
+    }
+    tally
+}
