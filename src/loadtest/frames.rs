@@ -92,19 +92,21 @@ pub enum FrameError {
     UnknownBase { seq: u64, base: u64 },
 }
 
-/// A server message as it travels: the union of the fields the load tool reads.
+/// A server message as it travels: the union of the fields the load tool reads. `D` is
+/// what `data` is read into: the whole object, or only the publisher's send time.
 #[derive(Deserialize)]
-struct Wire {
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
+struct Wire<D> {
     #[serde(rename = "type")]
     kind: String,
     seq: Option<u64>,
     channel: Option<String>,
     event_type: Option<String>,
-    data: Option<Map<String, Value>>,
+    data: Option<D>,
     base: Option<u64>,
     set: Option<Map<String, Value>>,
     unset: Option<Vec<String>>,
-    messages: Option<Vec<Wire>>,
+    messages: Option<Vec<Wire<D>>>,
     head: Option<u64>,
     epoch: Option<String>,
     reason: Option<String>,
@@ -118,8 +120,42 @@ pub struct Delivered {
     pub seq: u64,
     pub channel: String,
     pub event_type: String,
+    /// Empty when the decoder is lean.
     pub data: Map<String, Value>,
+    /// The `sent_us` field of `data` (the load tool's publishers put their clock there).
+    pub sent_us: Option<u64>,
     pub was_delta: bool,
+}
+
+/// `data` read for its send time only, skipping the rest without building it: at a
+/// million events a second, building every object would measure the tool, not the server.
+#[derive(Deserialize)]
+struct SendTime {
+    sent_us: Option<u64>,
+}
+
+/// What a decoder takes from `data`.
+trait Data {
+    fn sent_us(&self) -> Option<u64>;
+    fn into_map(self) -> Map<String, Value>;
+}
+
+impl Data for Map<String, Value> {
+    fn sent_us(&self) -> Option<u64> {
+        self.get("sent_us").and_then(Value::as_u64)
+    }
+    fn into_map(self) -> Map<String, Value> {
+        self
+    }
+}
+
+impl Data for SendTime {
+    fn sent_us(&self) -> Option<u64> {
+        self.sent_us
+    }
+    fn into_map(self) -> Map<String, Value> {
+        Map::new()
+    }
 }
 
 /// Any other server message, with the fields a client acts on.
@@ -155,6 +191,8 @@ struct Bases {
 /// Decodes the frames of one connection, in order.
 pub struct Decoder {
     msgpack: bool,
+    /// Read only seqs, channels and send times (never with deltas, which need the data).
+    lean: bool,
     /// Only kept when the connection asked for deltas.
     bases: Option<Bases>,
 }
@@ -163,13 +201,38 @@ impl Decoder {
     pub fn new(mode: Mode) -> Self {
         Self {
             msgpack: mode.msgpack,
+            lean: false,
             bases: mode.delta.then(Default::default),
+        }
+    }
+
+    /// A decoder that leaves `data` empty (but for `sent_us`) unless deltas need it.
+    pub fn lean(mode: Mode) -> Self {
+        Self {
+            lean: !mode.delta,
+            ..Self::new(mode)
         }
     }
 
     /// The messages of one data frame (a batch yields each message inside it).
     pub fn decode(&mut self, payload: &[u8], binary: bool) -> Result<Vec<Message>, FrameError> {
-        let wire = if binary && payload.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        if self.lean {
+            let wire: Wire<SendTime> = self.read(payload, binary)?;
+            self.flatten(wire, &mut out)?;
+        } else {
+            let wire: Wire<Map<String, Value>> = self.read(payload, binary)?;
+            self.flatten(wire, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn read<D: serde::de::DeserializeOwned>(
+        &self,
+        payload: &[u8],
+        binary: bool,
+    ) -> Result<Wire<D>, FrameError> {
+        Ok(if binary && payload.starts_with(&[0x1f, 0x8b]) {
             let mut plain = Vec::with_capacity(payload.len() * 4);
             flate2::read::GzDecoder::new(payload)
                 .read_to_end(&mut plain)
@@ -182,13 +245,10 @@ impl Decoder {
             rmp_serde::from_slice(payload)?
         } else {
             serde_json::from_slice(payload)?
-        };
-        let mut out = Vec::new();
-        self.flatten(wire, &mut out)?;
-        Ok(out)
+        })
     }
 
-    fn parse(&self, plain: &[u8]) -> Result<Wire, FrameError> {
+    fn parse<D: serde::de::DeserializeOwned>(&self, plain: &[u8]) -> Result<Wire<D>, FrameError> {
         // A gzip frame holds the connection's format; JSON always starts with `{`.
         if self.msgpack && plain.first() != Some(&b'{') {
             Ok(rmp_serde::from_slice(plain)?)
@@ -197,7 +257,11 @@ impl Decoder {
         }
     }
 
-    fn flatten(&mut self, wire: Wire, out: &mut Vec<Message>) -> Result<(), FrameError> {
+    fn flatten<D: Data>(
+        &mut self,
+        wire: Wire<D>,
+        out: &mut Vec<Message>,
+    ) -> Result<(), FrameError> {
         let missing = |kind: &str, field| FrameError::MissingField {
             kind: kind.to_string(),
             field,
@@ -212,11 +276,17 @@ impl Decoder {
                 let kind = wire.kind.as_str();
                 let seq = wire.seq.ok_or_else(|| missing(kind, "seq"))?;
                 let was_delta = kind == "delta";
+                let lean_sent_us = wire.data.as_ref().and_then(Data::sent_us);
                 let data = if was_delta {
                     let base = wire.base.ok_or_else(|| missing(kind, "base"))?;
                     self.rebuild(seq, base, wire.set, wire.unset)?
                 } else {
-                    wire.data.unwrap_or_default()
+                    wire.data.map(Data::into_map).unwrap_or_default()
+                };
+                let sent_us = if self.lean {
+                    lean_sent_us
+                } else {
+                    data.sent_us()
                 };
                 self.keep_base(seq, &data);
                 out.push(Message::Event(Delivered {
@@ -224,6 +294,7 @@ impl Decoder {
                     channel: wire.channel.ok_or_else(|| missing(kind, "channel"))?,
                     event_type: wire.event_type.unwrap_or_default(),
                     data,
+                    sent_us,
                     was_delta,
                 }));
             }
@@ -275,6 +346,44 @@ impl Decoder {
             }
         }
     }
+}
+
+/// The events of a plain JSON `event` or `batch` frame from the server, as (seq, sent_us),
+/// found by scanning for the server's `{"type":"event","seq":N,"channel":"C",` prefix
+/// instead of parsing: at a million deliveries a second on the server's own machine, a
+/// full parse in the tool would measure the tool. `None` (decode in full instead) for
+/// anything else: another channel, deltas, control messages, another layout. The prefix
+/// cannot occur inside a JSON string (its quotes would be escaped there), and the load
+/// tool's event data holds no nested events.
+pub fn scan_json_events(payload: &[u8], channel: &str) -> Option<Vec<(u64, Option<u64>)>> {
+    const EVENT: &[u8] = br#"{"type":"event","seq":"#;
+    const SENT: &[u8] = br#""sent_us":"#;
+    if !(payload.starts_with(EVENT) || payload.starts_with(br#"{"type":"batch","messages":["#)) {
+        return None;
+    }
+    let starts: Vec<usize> = memchr::memmem::find_iter(payload, EVENT).collect();
+    if starts.is_empty() || memchr::memmem::find(payload, br#"{"type":"delta""#).is_some() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(payload.len());
+        let event = &payload[start + EVENT.len()..end];
+        let (seq, rest) = leading_number(event)?;
+        let rest = rest.strip_prefix(br#","channel":""#)?;
+        let rest = rest.strip_prefix(channel.as_bytes())?.strip_prefix(b"\"")?;
+        let sent_us = memchr::memmem::find(rest, SENT)
+            .and_then(|at| leading_number(&rest[at + SENT.len()..]))
+            .map(|(n, _)| n);
+        out.push((seq, sent_us));
+    }
+    Some(out)
+}
+
+fn leading_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    let n = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
+    Some((n, &bytes[digits..]))
 }
 
 #[cfg(test)]
@@ -417,5 +526,30 @@ mod tests {
         assert!(decoder.decode(b"{\"type\":\"event\"}", false).is_err());
         assert!(decoder.decode(&[0x1f, 0x8b, 0, 1], true).is_err());
         assert!(Decoder::new(Mode::JSON).decode(b"not json", false).is_err());
+    }
+
+    #[test]
+    fn the_scan_finds_what_the_full_decoder_finds() {
+        let events: Vec<Value> = (1..=3u64)
+            .map(|seq| json!({"type":"event","seq":seq,"channel":"arena/b","event_type":"t",
+                              "ts":"x","data":{"agent_id":"a","pad":"\"{\"type\":\"event\"","sent_us":seq * 10}}))
+            .collect();
+        let batch = serde_json::to_vec(&json!({"type":"batch","messages":events})).unwrap();
+        assert_eq!(
+            scan_json_events(&batch, "arena/b").unwrap(),
+            [(1, Some(10)), (2, Some(20)), (3, Some(30))]
+        );
+        let full = Decoder::new(Mode::JSON).decode(&batch, false).unwrap();
+        assert_eq!(full.len(), 3);
+        assert!(
+            scan_json_events(&batch, "arena/c").is_none(),
+            "another channel"
+        );
+        let single = serde_json::to_vec(&events[0]).unwrap();
+        assert_eq!(
+            scan_json_events(&single, "arena/b").unwrap(),
+            [(1, Some(10))]
+        );
+        assert!(scan_json_events(br#"{"type":"pong","id":1}"#, "arena/b").is_none());
     }
 }

@@ -8,7 +8,7 @@ use std::{net::IpAddr, time::Instant};
 use tokio::sync::watch;
 
 use super::{
-    frames::{Control, Decoder, Message, Mode},
+    frames::{self, Control, Decoder, Message, Mode},
     latency::{now_us, Latencies},
     net::{next_frame, ConnectError, Incoming, Target, Ws},
 };
@@ -54,7 +54,7 @@ pub async fn open(
     let url = target.ws_url(&format!("/ws/{channel}"), mode, &extra);
     let opening = async {
         let mut ws = target.ws_connect(&url, source).await?;
-        let mut decoder = Decoder::new(mode);
+        let mut decoder = Decoder::lean(mode);
         let mut hello = None;
         loop {
             let (payload, binary) = match next_frame(&mut ws).await {
@@ -157,6 +157,29 @@ pub async fn follow(
         };
         match frame {
             Incoming::Data(payload, binary) => {
+                if let Some(events) = (!binary && !mode.delta)
+                    .then(|| frames::scan_json_events(&payload, channel))
+                    .flatten()
+                {
+                    let now = Instant::now();
+                    let now_us = now_us();
+                    tally.first_event_at.get_or_insert(now);
+                    tally.last_event_at = Some(now);
+                    for (seq, sent_us) in events {
+                        if last_seq.is_some_and(|last| seq <= last) {
+                            tally.disorder += 1;
+                            continue;
+                        }
+                        last_seq = Some(seq);
+                        cursor = seq;
+                        tally.received += 1;
+                        tally.seq_sum = tally.seq_sum.wrapping_add(seq);
+                        if let (true, Some(sent)) = (goal.measure_latency, sent_us) {
+                            tally.latencies.record_us(now_us.saturating_sub(sent));
+                        }
+                    }
+                    continue;
+                }
                 let messages = match decoder.decode(&payload, binary) {
                     Ok(messages) => messages,
                     Err(e) => {
@@ -179,9 +202,7 @@ pub async fn follow(
                             tally.received += 1;
                             tally.seq_sum = tally.seq_sum.wrapping_add(event.seq);
                             if goal.measure_latency {
-                                if let Some(sent) =
-                                    event.data.get("sent_us").and_then(|v| v.as_u64())
-                                {
+                                if let Some(sent) = event.sent_us {
                                     tally.latencies.record_us(now_us().saturating_sub(sent));
                                 }
                             }
