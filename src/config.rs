@@ -216,7 +216,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 256,
-            catch_up_page: 512,
+            catch_up_page: 2048,
             write_timeout_secs: 30,
         }
     }

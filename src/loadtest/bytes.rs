@@ -1,6 +1,8 @@
 //! Scenario `bytes`: bytes on the wire per event in each frame mode. While traffic flows
-//! (the simulator, or the scenario's own with `--no-sim`), one subscriber per mode holds
-//! the same channels and counts the WebSocket payload bytes and the events it receives.
+//! (the simulator, or the scenario's own with `--no-sim`), one subscriber per mode and per
+//! class of traffic holds the class's channels and counts the WebSocket payload bytes and
+//! the events it receives. The classes: everything; competition events on `arena/*` and
+//! `competition/*` channels; `agent_status` on `agent/*` channels (where deltas pay).
 
 use std::time::Duration;
 
@@ -59,6 +61,45 @@ pub struct BytesArgs {
 /// up to their configured delay, a few tens of milliseconds).
 const DRAIN: Duration = Duration::from_secs(1);
 
+/// A slice of the traffic counted on its own: its channels, and the event types kept
+/// (a subscription filter), if not all.
+struct Class {
+    name: &'static str,
+    channels: Vec<String>,
+    types: Option<&'static [&'static str]>,
+}
+
+fn classes(channels: &[String]) -> Vec<Class> {
+    let of_kinds = |kinds: &[&str]| -> Vec<String> {
+        channels
+            .iter()
+            .filter(|c| kinds.iter().any(|k| c.split('/').next() == Some(*k)))
+            .cloned()
+            .collect()
+    };
+    let classes = [
+        Class {
+            name: "all",
+            channels: channels.to_vec(),
+            types: None,
+        },
+        Class {
+            name: "competition",
+            channels: of_kinds(&["arena", "competition"]),
+            types: Some(&["competition_start", "competition_round", "competition_end"]),
+        },
+        Class {
+            name: "agent_status",
+            channels: of_kinds(&["agent"]),
+            types: Some(&["agent_status"]),
+        },
+    ];
+    classes
+        .into_iter()
+        .filter(|c| !c.channels.is_empty())
+        .collect()
+}
+
 #[derive(Debug, Default)]
 struct Counted {
     frames: u64,
@@ -82,7 +123,7 @@ pub async fn run(
         let arena = format!("arena/bench-{run_id}-bytes");
         let agent = format!("agent/bench-{run_id}-bytes");
         channels = vec![arena.clone(), agent.clone()];
-        counters = start_counters(target, &channels, &stop).await?;
+        counters = start_counters(target, &classes(&channels), &stop).await?;
         eprintln!(
             "bytes: publishing {} events/s for {} s",
             args.rate, args.secs
@@ -109,7 +150,7 @@ pub async fn run(
                 args.warmup_secs
             )));
         }
-        counters = start_counters(target, &channels, &stop)
+        counters = start_counters(target, &classes(&channels), &stop)
             .await
             .inspect_err(|_| {
                 let _ = child.start_kill();
@@ -133,25 +174,68 @@ pub async fn run(
     let _ = stop_tx.send(true);
 
     let mut results = Vec::new();
-    for (name, counter) in counters {
+    for (class, name, counter) in counters {
         let counted = match counter {
             Ok(task) => task
                 .await
                 .map_err(|e| BenchError::Failed(format!("counter task: {e}")))?,
             Err(refusal) => Err(refusal),
         };
-        results.push((name, counted));
+        results.push((class, name, counted));
     }
-    Ok(outcome(traffic_name, &channels, results))
+    let mut outcome = Outcome {
+        results: json!({"traffic": traffic_name, "channels": channels, "classes": []}),
+        tables: Vec::new(),
+        problems: Vec::new(),
+    };
+    for class in classes(&channels) {
+        let of_class: Vec<_> = results
+            .iter_mut()
+            .filter(|(c, _, _)| *c == class.name)
+            .map(|(_, name, counted)| (*name, std::mem::replace(counted, Err(String::new()))))
+            .collect();
+        let part = outcome_of(traffic_name, &class, of_class);
+        if class.name == "all" {
+            outcome.results["modes"] = part.results["modes"].clone();
+        }
+        outcome.results["classes"]
+            .as_array_mut()
+            .expect("an array")
+            .push(
+                json!({"class": class.name, "channels": class.channels.len(),
+                         "event_types": class.types, "modes": part.results["modes"]}),
+            );
+        outcome.tables.extend(part.tables);
+        outcome.problems.extend(
+            part.problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", class.name)),
+        );
+    }
+    Ok(outcome)
 }
 
 type Counter = Result<tokio::task::JoinHandle<Result<Counted, String>>, String>;
 
-/// Opens one subscriber per mode on `channels`; a mode the server refuses at the
-/// handshake is recorded as such.
+/// Opens one subscriber per class and mode; a mode the server refuses at the handshake is
+/// recorded as such.
 async fn start_counters(
     target: &Target,
-    channels: &[String],
+    classes: &[Class],
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<(&'static str, &'static str, Counter)>, BenchError> {
+    let mut counters = Vec::new();
+    for class in classes {
+        for (name, counter) in start_class(target, class, stop).await? {
+            counters.push((class.name, name, counter));
+        }
+    }
+    Ok(counters)
+}
+
+async fn start_class(
+    target: &Target,
+    class: &Class,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<(&'static str, Counter)>, BenchError> {
     let mut counters = Vec::new();
@@ -160,8 +244,8 @@ async fn start_counters(
         let url = target.ws_url("/ws", mode, &[]);
         let counter = match target.ws_connect(&url, None).await {
             Ok(ws) => {
-                let (channels, stop) = (channels.to_vec(), stop.clone());
-                let mut subscribed = subscribe_all(ws, mode, &channels).await?;
+                let stop = stop.clone();
+                let mut subscribed = subscribe_all(ws, mode, &class.channels, class.types).await?;
                 Ok(tokio::spawn(async move {
                     count(&mut subscribed, mode, stop).await
                 }))
@@ -176,11 +260,19 @@ async fn start_counters(
     Ok(counters)
 }
 
-async fn subscribe_all(mut ws: Ws, mode: Mode, channels: &[String]) -> Result<Ws, BenchError> {
+async fn subscribe_all(
+    mut ws: Ws,
+    mode: Mode,
+    channels: &[String],
+    types: Option<&[&str]>,
+) -> Result<Ws, BenchError> {
     use futures_util::SinkExt;
     let mut decoder = Decoder::new(mode);
     for channel in channels {
-        let request = json!({"type": "subscribe", "id": channel, "channel": channel});
+        let mut request = json!({"type": "subscribe", "id": channel, "channel": channel});
+        if let Some(types) = types {
+            request["filters"] = json!({ "event_types": types });
+        }
         ws.send(tokio_tungstenite::tungstenite::Message::text(
             request.to_string(),
         ))
@@ -254,9 +346,9 @@ async fn count(
     }
 }
 
-fn outcome(
+fn outcome_of(
     traffic: &str,
-    channels: &[String],
+    class: &Class,
     results: Vec<(&str, Result<Counted, String>)>,
 ) -> Outcome {
     let per_event = |c: &Counted| (c.events > 0).then(|| c.bytes as f64 / c.events as f64);
@@ -266,8 +358,12 @@ fn outcome(
         .and_then(|(_, c)| c.as_ref().ok().and_then(per_event));
     let mut table = Table::new(
         &format!(
-            "bytes: WebSocket payload bytes per event ({traffic} traffic, {} channels)",
-            channels.len()
+            "bytes: WebSocket payload bytes per event ({traffic} traffic, class `{}`: {} channels{})",
+            class.name,
+            class.channels.len(),
+            class
+                .types
+                .map_or(String::new(), |t| format!(", {}", t.join(" ")))
         ),
         &[
             "mode",
@@ -351,7 +447,7 @@ fn outcome(
         tables.push(refused);
     }
     Outcome {
-        results: json!({"traffic": traffic, "channels": channels, "modes": modes}),
+        results: json!({ "modes": modes }),
         tables,
         problems,
     }

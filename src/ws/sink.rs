@@ -21,8 +21,6 @@ use crate::{fanout::ConnectionStats, metrics::METRICS, protocol::OutFrame};
 
 /// Gathered bytes beyond which a burst is written out before more is added.
 const FLUSH_AT: usize = 64 * 1024;
-/// A buffer grown past this by a large burst is given back once written.
-const KEEP_CAPACITY: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -116,11 +114,10 @@ impl<W: AsyncWrite + Unpin> Gather<W> {
             }
             self.written += n;
         }
-        self.buffer.clear();
+        // Given back once written: an idle connection holds no buffer, whatever its last
+        // burst was. A busy one pays an allocation per burst, next to a syscall per burst.
+        self.buffer = Vec::new();
         self.written = 0;
-        if self.buffer.capacity() > KEEP_CAPACITY {
-            self.buffer = Vec::new();
-        }
         Poll::Ready(Ok(()))
     }
 }
