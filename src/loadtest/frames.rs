@@ -530,11 +530,16 @@ mod tests {
 
     #[test]
     fn the_scan_finds_what_the_full_decoder_finds() {
-        let events: Vec<Value> = (1..=3u64)
-            .map(|seq| json!({"type":"event","seq":seq,"channel":"arena/b","event_type":"t",
-                              "ts":"x","data":{"agent_id":"a","pad":"\"{\"type\":\"event\"","sent_us":seq * 10}}))
+        // Laid out as the server writes them (`type` first), a quote-laden string inside.
+        let events: Vec<String> = (1..=3u64)
+            .map(|seq| {
+                format!(
+                    r#"{{"type":"event","seq":{seq},"channel":"arena/b","event_type":"t","ts":"x","data":{{"agent_id":"a","pad":"\"{{\"type\":\"event\"","sent_us":{}}}}}"#,
+                    seq * 10
+                )
+            })
             .collect();
-        let batch = serde_json::to_vec(&json!({"type":"batch","messages":events})).unwrap();
+        let batch = format!(r#"{{"type":"batch","messages":[{}]}}"#, events.join(",")).into_bytes();
         assert_eq!(
             scan_json_events(&batch, "arena/b").unwrap(),
             [(1, Some(10)), (2, Some(20)), (3, Some(30))]
@@ -545,7 +550,7 @@ mod tests {
             scan_json_events(&batch, "arena/c").is_none(),
             "another channel"
         );
-        let single = serde_json::to_vec(&events[0]).unwrap();
+        let single = events[0].as_bytes();
         assert_eq!(
             scan_json_events(&single, "arena/b").unwrap(),
             [(1, Some(10))]

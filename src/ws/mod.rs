@@ -219,43 +219,62 @@ async fn accept(
                 return;
             }
         };
-        run_connection(app, ws, params, initial, Admission { remote, slot }).await;
+        // A task of its own, which holds only what the connection needs from here on: this
+        // one keeps everything the handshake captured until it ends.
+        tokio::spawn(run_connection(
+            app,
+            ws,
+            params,
+            initial,
+            Admission { remote, slot },
+        ));
     });
     response.into_response()
 }
 
 type Stream = linger::Shared<TokioIo<hyper::upgrade::Upgraded>>;
+type Running = std::pin::Pin<Box<dyn std::future::Future<Output = Option<u16>> + Send>>;
 
-/// A connection's task. Setting up is synchronous and the rare paths are boxed, so that
-/// what the task holds while the connection idles is the session and little else.
-async fn run_connection(
+/// A connection's task. Everything is set up before the task's future is made, and the
+/// session's own future is boxed: a future keeps its captured values for its whole life,
+/// so what an idle connection's task holds is the session and a few handles, not the
+/// handshake's leftovers beside a second copy of the session.
+fn run_connection(
     app: AppState,
     ws: WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
     params: SessionParams,
     initial: Option<InitialSubscription>,
     admission: Admission,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     // Nothing has been read from the upgraded stream yet, so taking it out of the
     // WebSocket loses nothing; the writing half gets the gathering buffer.
-    let mut stream = linger::Shared::new(ws.into_inner());
-    let (session, conn, reader) = match open_session(&app, &stream, &params, admission) {
-        Ok(opened) => opened,
-        Err(refused) => {
-            Box::pin(refused).await;
+    let stream = linger::Shared::new(ws.into_inner());
+    let opened = open_session(&app, &stream, &params, admission).map(|(session, conn, reader)| {
+        let span =
+            tracing::info_span!("connection", client_id = %conn.client_id, user = %conn.user);
+        let running: Running = Box::pin(session.run(initial).instrument(span));
+        (running, conn, reader)
+    });
+    async move {
+        let mut stream = stream;
+        let (running, conn, reader) = match opened {
+            Ok(opened) => opened,
+            Err(refused) => {
+                refused.await;
+                Box::pin(linger::linger(&mut stream)).await;
+                return;
+            }
+        };
+        let closed_with = running.await;
+        reader.abort();
+        app.hub.disconnect(conn.id);
+        METRICS.connections_active.dec();
+        let code = closed_with.map_or_else(|| "client".to_string(), |code| code.to_string());
+        METRICS.connection_closed(&code);
+        tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, close = %code, "connection closed");
+        if closed_with.is_some() {
             Box::pin(linger::linger(&mut stream)).await;
-            return;
         }
-    };
-    let span = tracing::info_span!("connection", client_id = %conn.client_id, user = %conn.user);
-    let closed_with = session.run(initial).instrument(span).await;
-    reader.abort();
-    app.hub.disconnect(conn.id);
-    METRICS.connections_active.dec();
-    let code = closed_with.map_or_else(|| "client".to_string(), |code| code.to_string());
-    METRICS.connection_closed(&code);
-    tracing::info!(target: "streamlog::audit", client_id = %conn.client_id, user = %conn.user, close = %code, "connection closed");
-    if closed_with.is_some() {
-        Box::pin(linger::linger(&mut stream)).await;
     }
 }
 

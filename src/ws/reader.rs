@@ -80,7 +80,7 @@ where
             &budget,
         )
         .await;
-        let _ = inbound.send(outcome).await;
+        let _ = Box::pin(inbound.send(outcome)).await;
     })
 }
 
@@ -99,7 +99,12 @@ async fn read_messages<S: AsyncRead + Unpin>(
             payload: frame.payload.to_vec(),
         }));
         let replies = replies.clone();
-        async move { replies.send(reply).await.map_err(|_| "session ended") }
+        // Boxed, as the waits below: an idle reader's task then holds only the frame read.
+        async move {
+            Box::pin(replies.send(reply))
+                .await
+                .map_err(|_| "session ended")
+        }
     };
     loop {
         let frame = match read.read_frame(&mut send_reply).await {
@@ -145,7 +150,7 @@ async fn read_messages<S: AsyncRead + Unpin>(
         };
         // Never more than the whole budget, or the wait would never end.
         let share = (payload.len() as u32).min(budget_bytes(max_message_bytes));
-        let Ok(budget) = budget.clone().acquire_many_owned(share).await else {
+        let Ok(budget) = Box::pin(budget.clone().acquire_many_owned(share)).await else {
             return Inbound::Failed(ReadFailure::Gone);
         };
         let message = Inbound::Message(Box::new(Message {
@@ -153,7 +158,7 @@ async fn read_messages<S: AsyncRead + Unpin>(
             binary,
             _budget: budget,
         }));
-        if inbound.send(message).await.is_err() {
+        if Box::pin(inbound.send(message)).await.is_err() {
             return Inbound::Failed(ReadFailure::Gone);
         }
     }
