@@ -2,7 +2,8 @@
 //! (the simulator, or the scenario's own with `--no-sim`), one subscriber per mode and per
 //! class of traffic holds the class's channels and counts the WebSocket payload bytes and
 //! the events it receives. The classes: everything; competition events on `arena/*` and
-//! `competition/*` channels; `agent_status` on `agent/*` channels (where deltas pay).
+//! `competition/*` channels; `agent_status` on `agent/*` channels, and on `arena/*`
+//! channels (where deltas pay).
 
 use std::time::Duration;
 
@@ -91,6 +92,12 @@ fn classes(channels: &[String]) -> Vec<Class> {
         Class {
             name: "agent_status",
             channels: of_kinds(&["agent"]),
+            types: Some(&["agent_status"]),
+        },
+        // The same events as a dashboard of an arena's agents takes them: more per batch.
+        Class {
+            name: "agent_status_by_arena",
+            channels: of_kinds(&["arena"]),
             types: Some(&["agent_status"]),
         },
     ];

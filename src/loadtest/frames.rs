@@ -552,7 +552,7 @@ mod tests {
         );
         let single = events[0].as_bytes();
         assert_eq!(
-            scan_json_events(&single, "arena/b").unwrap(),
+            scan_json_events(single, "arena/b").unwrap(),
             [(1, Some(10))]
         );
         assert!(scan_json_events(br#"{"type":"pong","id":1}"#, "arena/b").is_none());

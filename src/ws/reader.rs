@@ -55,6 +55,8 @@ pub struct Reply {
 pub enum ReadFailure {
     TooLarge,
     InvalidUtf8,
+    // Boxed to keep `ReadFailure` one word, and so `Inbound` two.
+    #[allow(clippy::box_collection)]
     Protocol(Box<String>),
     Gone,
 }
