@@ -140,7 +140,8 @@ fn own_event(i: u64, arena_channel: &str, agent_channel: &str) -> Value {
             "scores": scores, "leader": format!("agent_{}", step % AGENTS),
         }});
     }
-    json!({"channel": agent_channel, "event_type": "agent_status", "data": {
+    // As a platform publishes it: to the agent's channel and to its arena's.
+    json!({"channels": [agent_channel, arena_channel], "event_type": "agent_status", "data": {
         "agent_id": format!("agent_{agent}"), "university": "univ_1", "status": "competing",
         "model": "policy-v3", "step": step, "energy": 100 - (step % 100),
         "position": {"x": step % 50, "y": (step * 3) % 50}, "reward": (step % 17) as f64 / 4.0,
