@@ -3,7 +3,7 @@
 //! body of a few MiB of tiny items (`[{},{},…]`) become millions of values in memory before
 //! the count could be checked.
 
-use std::{cell::Cell, fmt};
+use std::{cell::Cell, fmt, marker::PhantomData};
 
 use serde::{
     de::{self, value::MapAccessDeserializer, DeserializeSeed, MapAccess, SeqAccess, Visitor},
@@ -11,23 +11,25 @@ use serde::{
 };
 use serde_json::Value;
 
-/// Deserializes to `(items, is_batch)`. An array longer than `max` fails, with
-/// `overflowed` set so that the caller can answer 413 rather than 400.
-pub struct BatchSeed<'a> {
+/// Deserializes to `(items, is_batch)`, each item a `T` (a JSON value, or an event read
+/// straight into its fields). An array longer than `max` fails, with `overflowed` set so
+/// that the caller can answer 413 rather than 400.
+pub struct BatchSeed<'a, T = Value> {
     pub max: usize,
     pub overflowed: &'a Cell<bool>,
+    pub item: PhantomData<T>,
 }
 
-impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
-    type Value = (Vec<Value>, bool);
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for BatchSeed<'_, T> {
+    type Value = (Vec<T>, bool);
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for BatchSeed<'_> {
-    type Value = (Vec<Value>, bool);
+impl<'de, T: Deserialize<'de>> Visitor<'de> for BatchSeed<'_, T> {
+    type Value = (Vec<T>, bool);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an event object or an array of them")
@@ -35,7 +37,7 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Value>()? {
+        while let Some(item) = seq.next_element::<T>()? {
             if items.len() == self.max {
                 self.overflowed.set(true);
                 return Err(de::Error::custom("too many events"));
@@ -46,7 +48,7 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        let value = Value::deserialize(MapAccessDeserializer::new(map))?;
+        let value = T::deserialize(MapAccessDeserializer::new(map))?;
         Ok((vec![value], false))
     }
 }
