@@ -5,9 +5,11 @@
 
 mod bounded;
 
+use bounded::Unread;
+
 use std::{cell::Cell, sync::Arc};
 
-use serde::{de::DeserializeSeed, Deserialize};
+use serde::Deserialize;
 use serde_json::{value::RawValue, Value};
 
 use crate::{
@@ -84,11 +86,7 @@ pub fn parse_body(
     max_events: usize,
 ) -> Result<ParsedBody, ApiError> {
     let overflowed = Cell::new(false);
-    let seed = bounded::BatchSeed {
-        max: max_events,
-        overflowed: &overflowed,
-        item: std::marker::PhantomData,
-    };
+    let seed = bounded::BatchSeed::new(max_events, &overflowed);
     let too_many = || ApiError::too_large(format!("a batch holds at most {max_events} events"));
     let (items, is_batch) = match format {
         BodyFormat::Json => {
@@ -97,14 +95,10 @@ pub fn parse_body(
             }
             // Something is wrong (or unusual) in the body: the general path below finds
             // what, and names the item.
-            let mut de = serde_json::Deserializer::from_slice(body);
-            match seed.deserialize(&mut de).and_then(|parsed| {
-                de.end()?;
-                Ok(parsed)
-            }) {
+            match bounded::read_json(body, max_events) {
                 Ok(parsed) => parsed,
-                Err(_) if overflowed.get() => return Err(too_many()),
-                Err(e) => {
+                Err(Unread::TooMany) => return Err(too_many()),
+                Err(Unread::Invalid(e)) => {
                     return Err(ApiError::bad_request(format!(
                         "body is not valid JSON: {e}"
                     )))
@@ -179,24 +173,14 @@ struct RawEventInput {
 /// off — not valid, not an object, not compact, an invalid field — so that the general
 /// path reports exactly what; `Err` only for a batch over the limit.
 fn parse_json_direct(body: &[u8], max_events: usize) -> Result<Option<ParsedBody>, ApiError> {
-    let overflowed = Cell::new(false);
-    let seed = bounded::BatchSeed::<RawEventInput> {
-        max: max_events,
-        overflowed: &overflowed,
-        item: std::marker::PhantomData,
-    };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let (items, is_batch) = match seed.deserialize(&mut de).and_then(|parsed| {
-        de.end()?;
-        Ok(parsed)
-    }) {
+    let (items, is_batch) = match bounded::read_json::<RawEventInput>(body, max_events) {
         Ok(parsed) => parsed,
-        Err(_) if overflowed.get() => {
+        Err(Unread::TooMany) => {
             return Err(ApiError::too_large(format!(
                 "a batch holds at most {max_events} events"
             )))
         }
-        Err(_) => return Ok(None),
+        Err(Unread::Invalid(_)) => return Ok(None),
     };
     if items.is_empty() {
         return Ok(None);

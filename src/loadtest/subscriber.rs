@@ -114,6 +114,26 @@ pub struct Tally {
     pub last_event_at: Option<Instant>,
     /// Why it stopped early, if it did.
     pub error: Option<String>,
+    /// The last seq received in order.
+    last_seq: Option<u64>,
+}
+
+impl Tally {
+    /// Counts one event of the channel, received at `now`: in order, or as disorder.
+    fn take(&mut self, seq: u64, sent_us: Option<u64>, now: (Instant, u64), latency: bool) {
+        self.first_event_at.get_or_insert(now.0);
+        self.last_event_at = Some(now.0);
+        if self.last_seq.is_some_and(|last| seq <= last) {
+            self.disorder += 1;
+            return;
+        }
+        self.last_seq = Some(seq);
+        self.received += 1;
+        self.seq_sum = self.seq_sum.wrapping_add(seq);
+        if let (true, Some(sent)) = (latency, sent_us) {
+            self.latencies.record_us(now.1.saturating_sub(sent));
+        }
+    }
 }
 
 /// When a subscriber is done: `expected` events (unknown, `u64::MAX`, while publishing
@@ -147,8 +167,7 @@ pub async fn follow(
     } = opened;
     let epoch = hello.epoch.unwrap_or_default();
     // Everything after the head at connect time is this subscriber's to receive.
-    let mut cursor = hello.head.unwrap_or(0);
-    let mut last_seq: Option<u64> = None;
+    let head = hello.head.unwrap_or(0);
     while !goal.reached(&tally) && !*goal.stop.borrow() {
         let frame = tokio::select! {
             frame = next_frame(&mut ws) => frame,
@@ -161,22 +180,9 @@ pub async fn follow(
                     .then(|| frames::scan_json_events(&payload, channel))
                     .flatten()
                 {
-                    let now = Instant::now();
-                    let now_us = now_us();
-                    tally.first_event_at.get_or_insert(now);
-                    tally.last_event_at = Some(now);
+                    let now = (Instant::now(), now_us());
                     for (seq, sent_us) in events {
-                        if last_seq.is_some_and(|last| seq <= last) {
-                            tally.disorder += 1;
-                            continue;
-                        }
-                        last_seq = Some(seq);
-                        cursor = seq;
-                        tally.received += 1;
-                        tally.seq_sum = tally.seq_sum.wrapping_add(seq);
-                        if let (true, Some(sent)) = (goal.measure_latency, sent_us) {
-                            tally.latencies.record_us(now_us.saturating_sub(sent));
-                        }
+                        tally.take(seq, sent_us, now, goal.measure_latency);
                     }
                     continue;
                 }
@@ -190,22 +196,8 @@ pub async fn follow(
                 for message in messages {
                     match message {
                         Message::Event(event) if event.channel == channel => {
-                            let now = Instant::now();
-                            tally.first_event_at.get_or_insert(now);
-                            tally.last_event_at = Some(now);
-                            if last_seq.is_some_and(|last| event.seq <= last) {
-                                tally.disorder += 1;
-                                continue;
-                            }
-                            last_seq = Some(event.seq);
-                            cursor = event.seq;
-                            tally.received += 1;
-                            tally.seq_sum = tally.seq_sum.wrapping_add(event.seq);
-                            if goal.measure_latency {
-                                if let Some(sent) = event.sent_us {
-                                    tally.latencies.record_us(now_us().saturating_sub(sent));
-                                }
-                            }
+                            let now = (Instant::now(), now_us());
+                            tally.take(event.seq, event.sent_us, now, goal.measure_latency);
                         }
                         Message::Control(c) if c.kind == "caught_up" => tally.caught_up = true,
                         _ => {}
@@ -213,6 +205,7 @@ pub async fn follow(
                 }
             }
             Incoming::Closed(LAGGING, _) => {
+                let cursor = tally.last_seq.unwrap_or(head);
                 match open(target, channel, mode, Some((cursor, &epoch)), None).await {
                     Ok(again) => {
                         tally.resumes += 1;

@@ -15,9 +15,48 @@ use serde_json::Value;
 /// straight into its fields). An array longer than `max` fails, with `overflowed` set so
 /// that the caller can answer 413 rather than 400.
 pub struct BatchSeed<'a, T = Value> {
-    pub max: usize,
-    pub overflowed: &'a Cell<bool>,
-    pub item: PhantomData<T>,
+    max: usize,
+    overflowed: &'a Cell<bool>,
+    item: PhantomData<T>,
+}
+
+impl<'a, T> BatchSeed<'a, T> {
+    pub fn new(max: usize, overflowed: &'a Cell<bool>) -> Self {
+        Self {
+            max,
+            overflowed,
+            item: PhantomData,
+        }
+    }
+}
+
+/// Why a JSON body could not be read into items.
+pub enum Unread {
+    /// An array longer than the limit.
+    TooMany,
+    Invalid(serde_json::Error),
+}
+
+/// Reads a whole JSON body (nothing may follow the value) as `(items, is_batch)`.
+pub fn read_json<T: de::DeserializeOwned>(
+    body: &[u8],
+    max: usize,
+) -> Result<(Vec<T>, bool), Unread> {
+    let overflowed = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    BatchSeed::new(max, &overflowed)
+        .deserialize(&mut de)
+        .and_then(|parsed| {
+            de.end()?;
+            Ok(parsed)
+        })
+        .map_err(|e| {
+            if overflowed.get() {
+                Unread::TooMany
+            } else {
+                Unread::Invalid(e)
+            }
+        })
 }
 
 impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for BatchSeed<'_, T> {
