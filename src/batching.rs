@@ -49,6 +49,11 @@ impl HighFrequency {
     }
 
     /// The rule batching `channel`, if any. Broadcasts are never batched.
+    /// No channel is batched.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     pub fn rule_for(&self, channel: &Channel) -> Option<&Rule> {
         if self.rules.is_empty() || channel.as_str() == BROADCAST_CHANNEL {
             return None;

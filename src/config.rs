@@ -203,9 +203,14 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Per-connection outbound queue, in append groups. When it is full the connection
-    /// stops taking live events and catches up from the log instead.
+    /// Per-connection outbound queue, in deliveries (an append group, a pulse's groups, a
+    /// batch). When it is full the connection stops taking live events and catches up from
+    /// the log instead.
     pub queue_capacity: usize,
+    /// Shortest time between two fan-out pulses: live events that arrive sooner after the
+    /// last one wait for the next and go out together (one write per connection). 0 sends
+    /// every append group as it comes.
+    pub coalesce_ms: u64,
     /// Events read from the log per step of a resume or catch-up.
     pub catch_up_page: usize,
     /// A socket write that makes no progress for this long closes the connection with 4000.
@@ -216,6 +221,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 256,
+            coalesce_ms: 2,
             catch_up_page: 2048,
             write_timeout_secs: 30,
         }

@@ -6,6 +6,11 @@
 //! Events of high-frequency channels go to the channel's batch instead (see `batching`),
 //! and the batch, once flushed, is offered to the channel's subscribers the same way.
 //!
+//! Groups go out in pulses: a group that arrives while the last pulse is younger than
+//! `delivery.coalesce_ms` waits for the next one, and each connection gets all of a pulse's
+//! groups as one delivery — one wakeup and one socket write for several events. Sparse
+//! traffic is never held: a group arriving after a quiet moment goes out at once.
+//!
 //! A connection whose queue is full is never waited for and never silently skipped: its
 //! `lagged` flag is raised, and the session, on seeing it, drops its queue and catches up
 //! from the log from its own cursors (see `ws/subscriptions.rs`). A slow reader costs the
@@ -18,6 +23,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
+    time::Duration,
 };
 
 use tokio::sync::{broadcast, mpsc, Notify};
@@ -29,11 +35,13 @@ use crate::{
     metrics::METRICS,
 };
 
-/// What a connection's queue holds: an append group (its events of ordinary channels), or
-/// a flushed batch of one high-frequency channel.
+/// What a connection's queue holds: an append group (its events of ordinary channels), the
+/// groups of one pulse that concern the connection, in seq order, or a flushed batch of one
+/// high-frequency channel.
 #[derive(Clone)]
 pub enum Delivery {
     Group(Arc<AppendedGroup>),
+    Groups(Vec<Arc<AppendedGroup>>),
     Batch(Arc<Batch>),
 }
 
@@ -73,6 +81,29 @@ pub struct ConnectionHandle {
     last_group: AtomicU64,
 }
 
+/// Groups held for the next pulse, and when the last pulse went out.
+struct Pulse {
+    every: Duration,
+    last: Option<tokio::time::Instant>,
+    held: Vec<Arc<AppendedGroup>>,
+}
+
+impl Pulse {
+    /// When the held groups are due.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match (self.held.is_empty(), self.last) {
+            (false, Some(last)) => Some(last + self.every),
+            (false, None) => Some(tokio::time::Instant::now()),
+            (true, _) => None,
+        }
+    }
+
+    /// Whether a group arriving now may go out at once.
+    fn open(&self, now: tokio::time::Instant) -> bool {
+        self.held.is_empty() && self.last.is_none_or(|last| now >= last + self.every)
+    }
+}
+
 impl ConnectionHandle {
     /// Takes the lag flag down and says whether it was up.
     pub fn take_lagged(&self) -> bool {
@@ -97,13 +128,6 @@ impl ConnectionHandle {
 
     pub fn queue_depth(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
-    }
-
-    fn offer(&self, group_no: u64, group: &Arc<AppendedGroup>) {
-        if self.last_group.swap(group_no, Ordering::Relaxed) == group_no {
-            return;
-        }
-        self.enqueue(Delivery::Group(group.clone()));
     }
 
     fn enqueue(&self, delivery: Delivery) {
@@ -167,12 +191,16 @@ pub struct Hub {
     next_id: AtomicU64,
     groups_dispatched: AtomicU64,
     high_frequency: HighFrequency,
+    coalesce: Duration,
 }
 
 impl Hub {
-    pub fn new(high_frequency: HighFrequency) -> Arc<Self> {
+    /// `coalesce`: the shortest time between two pulses (zero: every group goes out as it
+    /// arrives).
+    pub fn new(high_frequency: HighFrequency, coalesce: Duration) -> Arc<Self> {
         Arc::new(Self {
             high_frequency,
+            coalesce,
             ..Self::default()
         })
     }
@@ -190,13 +218,26 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             let mut batcher = Batcher::default();
+            let mut pulse = Pulse {
+                every: hub.coalesce,
+                last: None,
+                held: Vec::new(),
+            };
             loop {
-                let deadline = batcher.next_deadline();
+                let batch_due = batcher.next_deadline();
+                let pulse_due = pulse.deadline();
                 tokio::select! {
                     appended = appends.recv() => match appended {
                         Ok(group) => {
                             METRICS.group_appended(group.events.len(), group.durable_in);
-                            hub.dispatch(&group, &mut batcher);
+                            hub.feed_batches(&group, &mut batcher);
+                            let now = tokio::time::Instant::now();
+                            if pulse.open(now) {
+                                pulse.last = Some(now);
+                                hub.dispatch(&group);
+                            } else {
+                                pulse.held.push(group);
+                            }
                         }
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
                             tracing::warn!(
@@ -207,7 +248,11 @@ impl Hub {
                         }
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
-                    _ = sleep_until(deadline), if deadline.is_some() => {
+                    _ = sleep_until(pulse_due), if pulse_due.is_some() => {
+                        pulse.last = Some(tokio::time::Instant::now());
+                        hub.dispatch_pulse(std::mem::take(&mut pulse.held));
+                    }
+                    _ = sleep_until(batch_due), if batch_due.is_some() => {
                         for batch in batcher.take_due(tokio::time::Instant::now()) {
                             hub.dispatch_batch(batch);
                         }
@@ -346,30 +391,20 @@ impl Hub {
         channels
     }
 
-    /// Offers the group to the subscribers of its ordinary channels, and adds the events of
-    /// its high-frequency channels to their batches (only while the channel has subscribers:
-    /// one who subscribes later starts after these events anyway).
-    fn dispatch(&self, group: &Arc<AppendedGroup>, batcher: &mut Batcher) {
-        let group_no = self.groups_dispatched.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Adds the events of the group's high-frequency channels to their batches (only while
+    /// the channel has subscribers: one who subscribes later starts after these events
+    /// anyway). Done as the group arrives, so that batches keep their own timing.
+    fn feed_batches(&self, group: &Arc<AppendedGroup>, batcher: &mut Batcher) {
+        if self.high_frequency.is_empty() {
+            return;
+        }
         let registry = self.read();
         let mut full = Vec::new();
         for event in &group.events {
             for channel in &event.channels {
-                if channel.as_str() == BROADCAST_CHANNEL {
-                    for handle in registry.connections.values() {
-                        handle.offer(group_no, group);
-                    }
-                    continue;
-                }
-                let Some(subscribers) = registry.channels.get(channel) else {
-                    continue;
-                };
-                match self.high_frequency.rule_for(channel) {
-                    Some(rule) => full.extend(batcher.push(channel, rule, event, group.durable_at)),
-                    None => {
-                        for handle in subscribers.values() {
-                            handle.offer(group_no, group);
-                        }
+                if let Some(rule) = self.high_frequency.rule_for(channel) {
+                    if registry.channels.contains_key(channel) {
+                        full.extend(batcher.push(channel, rule, event, group.durable_at));
                     }
                 }
             }
@@ -377,6 +412,66 @@ impl Hub {
         drop(registry);
         for batch in full {
             self.dispatch_batch(batch);
+        }
+    }
+
+    /// Offers the group to the subscribers of its ordinary channels.
+    fn dispatch(&self, group: &Arc<AppendedGroup>) {
+        let registry = self.read();
+        self.for_each_subscriber(&registry, group, |handle| {
+            handle.enqueue(Delivery::Group(group.clone()))
+        });
+    }
+
+    /// Offers each connection the groups of the pulse that concern it, as one delivery.
+    fn dispatch_pulse(&self, groups: Vec<Arc<AppendedGroup>>) {
+        if let [group] = groups.as_slice() {
+            return self.dispatch(group);
+        }
+        let registry = self.read();
+        let mut by_connection: foldhash::HashMap<ConnectionId, (&Arc<ConnectionHandle>, Vec<_>)> =
+            Default::default();
+        for group in &groups {
+            self.for_each_subscriber(&registry, group, |handle| {
+                by_connection
+                    .entry(handle.id)
+                    .or_insert_with(|| (handle, Vec::new()))
+                    .1
+                    .push(group.clone());
+            });
+        }
+        for (handle, groups) in by_connection.into_values() {
+            handle.enqueue(Delivery::Groups(groups));
+        }
+    }
+
+    /// Calls `offer` once for every connection subscribed to an ordinary channel of the
+    /// group (every connection, when it holds a `system/broadcast` event).
+    fn for_each_subscriber<'r>(
+        &self,
+        registry: &'r Registry,
+        group: &AppendedGroup,
+        mut offer: impl FnMut(&'r Arc<ConnectionHandle>),
+    ) {
+        let group_no = self.groups_dispatched.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut offer_once = |handle: &'r Arc<ConnectionHandle>| {
+            if handle.last_group.swap(group_no, Ordering::Relaxed) != group_no {
+                offer(handle);
+            }
+        };
+        for event in &group.events {
+            for channel in &event.channels {
+                if channel.as_str() == BROADCAST_CHANNEL {
+                    registry.connections.values().for_each(&mut offer_once);
+                    continue;
+                }
+                if self.high_frequency.rule_for(channel).is_some() {
+                    continue;
+                }
+                if let Some(subscribers) = registry.channels.get(channel) {
+                    subscribers.values().for_each(&mut offer_once);
+                }
+            }
         }
     }
 
@@ -436,13 +531,15 @@ mod tests {
 
     impl Hub {
         fn dispatch_one(&self, group: &Arc<AppendedGroup>) {
-            self.dispatch(group, &mut Batcher::default());
+            self.feed_batches(group, &mut Batcher::default());
+            self.dispatch(group);
         }
     }
 
     fn group_seq(delivery: Delivery) -> u64 {
         match delivery {
             Delivery::Group(group) => group.events[0].seq,
+            Delivery::Groups(groups) => groups[0].events[0].seq,
             Delivery::Batch(batch) => batch.events[0].seq,
         }
     }
@@ -458,7 +555,7 @@ mod tests {
 
     #[test]
     fn offers_once_per_connection_and_flags_lag_when_full() {
-        let hub = Hub::new(HighFrequency::default());
+        let hub = Hub::new(HighFrequency::default(), Duration::ZERO);
         let slot = hub.reserve("u", 10, Some(1)).unwrap();
         let (conn, mut queue) = hub.connect(slot, info("u"), Default::default(), 2);
         let a = Channel::parse("arena/a").unwrap();
@@ -491,9 +588,76 @@ mod tests {
         assert_eq!(hub.subscriber_count(&a), 0);
     }
 
+    fn seqs(delivery: Delivery) -> Vec<u64> {
+        match delivery {
+            Delivery::Group(group) => vec![group.events[0].seq],
+            Delivery::Groups(groups) => groups.iter().map(|g| g.events[0].seq).collect(),
+            Delivery::Batch(batch) => batch.events.iter().map(|e| e.seq).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pulse_reaches_each_connection_once_with_its_groups_in_order() {
+        let hub = Hub::new(HighFrequency::default(), Duration::from_millis(2));
+        let a = Channel::parse("arena/a").unwrap();
+        let b = Channel::parse("arena/b").unwrap();
+        let connect = |user: &str, channel: &Channel| {
+            let slot = hub.reserve(user, 10, None).unwrap();
+            let (conn, queue) = hub.connect(slot, info(user), Default::default(), 8);
+            hub.subscribe(&conn, channel);
+            (conn, queue)
+        };
+        let (_ca, mut qa) = connect("a", &a);
+        let (_cb, mut qb) = connect("b", &b);
+        hub.dispatch_pulse(vec![
+            group(1, &["arena/a"]),
+            group(2, &["arena/b"]),
+            group(3, &["arena/a", "arena/b"]),
+            group(4, &["arena/x"]),
+            group(5, &["system/broadcast"]),
+        ]);
+        assert_eq!(seqs(qa.try_recv().unwrap()), [1, 3, 5]);
+        assert_eq!(seqs(qb.try_recv().unwrap()), [2, 3, 5]);
+        assert!(
+            qa.try_recv().is_err() && qb.try_recv().is_err(),
+            "one delivery each"
+        );
+
+        hub.dispatch_pulse(vec![group(6, &["arena/a"])]);
+        assert!(matches!(qa.try_recv().unwrap(), Delivery::Group(_)));
+        assert!(qb.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_pulse_holds_groups_only_right_after_the_last_one() {
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_millis(2);
+        let mut pulse = Pulse {
+            every,
+            last: None,
+            held: Vec::new(),
+        };
+        assert!(pulse.open(start), "the first group goes out at once");
+        assert_eq!(pulse.deadline(), None);
+        pulse.last = Some(start);
+        let soon = start + Duration::from_millis(1);
+        assert!(!pulse.open(soon), "held: the last pulse is too recent");
+        pulse.held.push(group(1, &["arena/a"]));
+        assert_eq!(pulse.deadline(), Some(start + every));
+        assert!(
+            !pulse.open(start + every),
+            "a later group waits behind the held ones"
+        );
+        pulse.held.clear();
+        assert!(
+            pulse.open(start + every),
+            "after a quiet moment, at once again"
+        );
+    }
+
     #[test]
     fn slots_count_handshakes_and_connections_and_are_freed_once() {
-        let hub = Hub::new(HighFrequency::default());
+        let hub = Hub::new(HighFrequency::default(), Duration::ZERO);
         let a1 = hub.reserve("a", 3, Some(2)).unwrap();
         let a2 = hub.reserve("a", 3, Some(2)).unwrap();
         assert_eq!(

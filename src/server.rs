@@ -94,7 +94,10 @@ async fn run(
         &config.storage,
         config.retention.clone(),
     )?);
-    let hub = Hub::new(HighFrequency::new(&config.high_frequency));
+    let hub = Hub::new(
+        HighFrequency::new(&config.high_frequency),
+        Duration::from_millis(config.delivery.coalesce_ms),
+    );
     let dispatcher = hub.spawn_dispatcher(log.watch());
     let (stopping_tx, stopping) = watch::channel(false);
     let bans = BanList::new(Duration::from_secs(config.limits.flood_ban_secs));

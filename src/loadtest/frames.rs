@@ -356,23 +356,30 @@ impl Decoder {
 /// cannot occur inside a JSON string (its quotes would be escaped there), and the load
 /// tool's event data holds no nested events.
 pub fn scan_json_events(payload: &[u8], channel: &str) -> Option<Vec<(u64, Option<u64>)>> {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
     const EVENT: &[u8] = br#"{"type":"event","seq":"#;
     const SENT: &[u8] = br#""sent_us":"#;
+    // Built once: building a searcher costs more than searching one frame.
+    static EVENTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(EVENT));
+    static SENTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(SENT));
+    static DELTAS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"{"type":"delta""#));
     if !(payload.starts_with(EVENT) || payload.starts_with(br#"{"type":"batch","messages":["#)) {
         return None;
     }
-    let starts: Vec<usize> = memchr::memmem::find_iter(payload, EVENT).collect();
-    if starts.is_empty() || memchr::memmem::find(payload, br#"{"type":"delta""#).is_some() {
+    let mut starts = EVENTS.find_iter(payload).peekable();
+    if starts.peek().is_none() || DELTAS.find(payload).is_some() {
         return None;
     }
-    let mut out = Vec::with_capacity(starts.len());
-    for (i, &start) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).copied().unwrap_or(payload.len());
+    let mut out = Vec::new();
+    while let Some(start) = starts.next() {
+        let end = starts.peek().copied().unwrap_or(payload.len());
         let event = &payload[start + EVENT.len()..end];
         let (seq, rest) = leading_number(event)?;
         let rest = rest.strip_prefix(br#","channel":""#)?;
         let rest = rest.strip_prefix(channel.as_bytes())?.strip_prefix(b"\"")?;
-        let sent_us = memchr::memmem::find(rest, SENT)
+        let sent_us = SENTS
+            .find(rest)
             .and_then(|at| leading_number(&rest[at + SENT.len()..]))
             .map(|(n, _)| n);
         out.push((seq, sent_us));
@@ -382,7 +389,12 @@ pub fn scan_json_events(payload: &[u8], channel: &str) -> Option<Vec<(u64, Optio
 
 fn leading_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
-    let n = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let n = bytes[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some((n, &bytes[digits..]))
 }
 

@@ -131,7 +131,7 @@ impl FrameCache {
 }
 
 /// The `event` message for `event` as received through its channel number `channel_index`.
-pub fn event_frame(event: &Event, channel_index: usize, wire: Wire) -> OutFrame {
+pub fn event_frame(event: &Event, channel_index: usize, wire: Wire) -> &OutFrame {
     let slot = |wire: Wire| &event.frames.frames[channel_index * WIRES + wire.slot()];
     let plain = wire.plain();
     let plain_frame = slot(plain).get_or_init(|| {
@@ -143,16 +143,16 @@ pub fn event_frame(event: &Event, channel_index: usize, wire: Wire) -> OutFrame 
         )))
     });
     if wire.gzip_from.is_none() {
-        return plain_frame.clone();
+        return plain_frame;
     }
-    slot(wire)
-        .get_or_init(|| wire.finish(plain_frame.payload.clone()))
-        .clone()
+    slot(wire).get_or_init(|| wire.finish(plain_frame.payload.clone()))
 }
 
 /// The uncompressed `event` message bytes (as a batch embeds them).
 fn event_message(event: &Event, channel_index: usize, format: Format) -> Bytes {
-    event_frame(event, channel_index, Wire::new(format, None)).payload
+    event_frame(event, channel_index, Wire::new(format, None))
+        .payload
+        .clone()
 }
 
 /// The `event` message of a replayed event: the live message plus `"replay":<tag>`, the

@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 pub use session::close;
 use session::{InitialSubscription, Session, SessionParams};
-use sink::{FrameSink, Gather};
+use sink::FrameSink;
 
 use crate::{
     app::AppState,
@@ -294,14 +294,12 @@ fn open_session(
     ),
     std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 > {
-    let (read, write) = fastwebsockets::after_handshake_split(
-        stream.clone(),
-        Gather::new(stream.clone()),
-        Role::Server,
-    );
+    // Only the reading half is fastwebsockets': the sink lays out its own (server) frames.
+    let (read, _) =
+        fastwebsockets::after_handshake_split(stream.clone(), tokio::io::sink(), Role::Server);
     let timeout = Duration::from_secs(app.config.delivery.write_timeout_secs);
     let stats = Arc::new(ConnectionStats::default());
-    let mut sink = FrameSink::new(write, timeout, stats.clone());
+    let mut sink = FrameSink::new(stream.clone(), timeout, stats.clone());
     let info = ConnectionInfo {
         client_id: mint_client_id(),
         user: params.principal.user.clone(),

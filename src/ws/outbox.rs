@@ -3,7 +3,7 @@
 //! caches; what is computed here is only what is truly this connection's (which events its
 //! filters let through, the base of each delta).
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use crate::{
     event::{Channel, Event},
@@ -34,10 +34,10 @@ impl Outbox {
 
     /// One live or resumed event, received through its channel `channel_index`: a `delta`
     /// when this connection takes them and one is worth it, the (shared) `event` otherwise.
-    pub fn event(&mut self, event: &Arc<Event>, channel_index: usize) -> OutFrame {
+    pub fn event<'e>(&mut self, event: &'e Arc<Event>, channel_index: usize) -> Cow<'e, OutFrame> {
         match self.delta_of(event, channel_index) {
-            Some(delta) => self.wire.finish(delta),
-            None => protocol::event_frame(event, channel_index, self.wire),
+            Some(delta) => Cow::Owned(self.wire.finish(delta)),
+            None => Cow::Borrowed(protocol::event_frame(event, channel_index, self.wire)),
         }
     }
 

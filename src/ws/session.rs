@@ -90,7 +90,7 @@ impl From<SinkError> for Flow {
         match error {
             // The close reason needs the cursor; `Session::lagging` fills it in.
             SinkError::Timeout => Flow::Close(close::LAGGING, String::new()),
-            SinkError::Socket(_) => Flow::End,
+            SinkError::Socket(_) | SinkError::Closed => Flow::End,
         }
     }
 }
@@ -202,7 +202,11 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut shutdown = self.app.shutdown.clone();
         let expiry = token_expiry(self.principal.expires_at_ms());
-        tokio::pin!(expiry);
+        // Made once, not per step: each would register with its notifier again.
+        let stopping = async move { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) };
+        let conn = self.conn.clone();
+        let kicked = conn.kicked();
+        tokio::pin!(expiry, stopping, kicked);
         loop {
             if self.conn.take_lagged() {
                 self.recover_from_lag();
@@ -210,7 +214,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             let catching_up = self.subs.is_catching_up();
             let replay_wake = self.replays.next_wake();
             let step = tokio::select! {
-                _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
+                _ = &mut stopping => {
                     Err(Flow::Close(close::GOING_AWAY, "server shutting down".into()))
                 }
                 item = self.inbound.recv() => match item {
@@ -220,7 +224,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
                 Some(delivery) = self.queue.recv() => Box::pin(self.on_deliveries(delivery)).await,
                 Some(answer) = next_answer(&mut self.publishes) => Box::pin(self.on_published(answer)).await,
                 _ = ticks.tick() => Box::pin(self.on_heartbeat(timeout_ms)).await,
-                reason = self.conn.kicked() => Err(Flow::Close(close::POLICY, reason)),
+                reason = &mut kicked => Err(Flow::Close(close::POLICY, reason)),
                 _ = &mut expiry => Box::pin(self.on_token_expired()).await,
                 _ = std::future::ready(()), if catching_up => Box::pin(self.catch_up_step()).await,
                 _ = sleep_until(replay_wake), if replay_wake.is_some() => Box::pin(self.replay_step()).await,
@@ -593,6 +597,12 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
     async fn deliver(&mut self, delivery: &Delivery) -> Result<(), Flow> {
         match delivery {
             Delivery::Group(group) => self.deliver_live(group).await,
+            Delivery::Groups(groups) => {
+                for group in groups {
+                    self.deliver_live(group).await?;
+                }
+                Ok(())
+            }
             Delivery::Batch(batch) => self.deliver_batch(batch).await,
         }
     }

@@ -8,44 +8,53 @@
 use std::{
     io,
     pin::Pin,
+    sync::{atomic::Ordering, Arc},
     task::{ready, Context, Poll},
     time::Duration,
 };
 
-use std::sync::{atomic::Ordering, Arc};
-
-use fastwebsockets::{Frame, Payload, WebSocketError, WebSocketWrite};
-use tokio::io::AsyncWrite;
+use fastwebsockets::{Frame, OpCode, Payload};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::{fanout::ConnectionStats, metrics::METRICS, protocol::OutFrame};
 
 /// Gathered bytes beyond which a burst is written out before more is added.
 const FLUSH_AT: usize = 64 * 1024;
+/// The longest header of a server frame (unmasked, 64-bit length).
+const MAX_HEAD: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("the client stopped reading for longer than the write timeout")]
     Timeout,
+    #[error("the connection was closed")]
+    Closed,
     #[error("socket: {0}")]
-    Socket(#[from] WebSocketError),
+    Socket(#[from] io::Error),
 }
 
+/// Frames are laid out here, straight into the gather buffer (the header by
+/// `fastwebsockets`): appending a frame is a copy, not a poll of the socket, and only a
+/// full buffer or a flush waits.
 pub struct FrameSink<W> {
-    ws: WebSocketWrite<Gather<W>>,
+    out: Gather<W>,
     timeout: Duration,
     stats: Arc<ConnectionStats>,
+    /// A close frame went out: nothing may follow it.
+    closed: bool,
+    /// Messages and bytes not yet added to the server's totals: added once per flush, so
+    /// that connections on different threads do not contend on the counters per frame.
+    unflushed: (u64, u64),
 }
 
 impl<W: AsyncWrite + Unpin> FrameSink<W> {
-    pub fn new(
-        writer: WebSocketWrite<Gather<W>>,
-        timeout: Duration,
-        stats: Arc<ConnectionStats>,
-    ) -> Self {
+    pub fn new(writer: W, timeout: Duration, stats: Arc<ConnectionStats>) -> Self {
         Self {
-            ws: writer,
+            out: Gather::new(writer),
             timeout,
             stats,
+            closed: false,
+            unflushed: (0, 0),
         }
     }
 
@@ -54,31 +63,48 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
         let bytes = frame.payload.len() as u64;
         self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        METRICS.messages_sent.inc();
-        METRICS.bytes_sent.inc_by(bytes);
-        let payload = Payload::Borrowed(&frame.payload);
-        let frame = if frame.binary {
-            Frame::binary(payload)
+        self.unflushed.0 += 1;
+        self.unflushed.1 += bytes;
+        let opcode = if frame.binary {
+            OpCode::Binary
         } else {
-            Frame::text(payload)
+            OpCode::Text
         };
-        self.write(frame).await
+        self.write(Frame::new(
+            true,
+            opcode,
+            None,
+            Payload::Borrowed(&frame.payload),
+        ))
+        .await
     }
 
     /// Writes a frame of any kind (pong and close replies, pings).
-    pub async fn write(&mut self, frame: Frame<'_>) -> Result<(), SinkError> {
-        // Writing into the gather buffer only waits when the buffer is full.
-        match tokio::time::timeout(self.timeout, self.ws.write_frame(frame)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(SinkError::Timeout),
+    pub async fn write(&mut self, mut frame: Frame<'_>) -> Result<(), SinkError> {
+        if self.closed {
+            return Err(SinkError::Closed);
         }
+        self.closed = frame.opcode == OpCode::Close;
+        if self.out.buffer.len() >= FLUSH_AT {
+            Self::within_timeout(self.timeout, self.out.drain()).await?;
+        }
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = frame.fmt_head(&mut head);
+        self.out.buffer.extend_from_slice(&head[..head_len]);
+        self.out.buffer.extend_from_slice(&frame.payload);
+        Ok(())
     }
 
     pub async fn flush(&mut self) -> Result<(), SinkError> {
-        match tokio::time::timeout(self.timeout, self.ws.flush()).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(SinkError::Timeout),
+        let (messages, bytes) = std::mem::take(&mut self.unflushed);
+        if messages > 0 {
+            METRICS.messages_sent.inc_by(messages);
+            METRICS.bytes_sent.inc_by(bytes);
         }
+        if self.out.buffer.is_empty() {
+            return Ok(());
+        }
+        Self::within_timeout(self.timeout, self.out.flush()).await
     }
 
     /// Sends a close frame and flushes; errors are moot at that point.
@@ -86,26 +112,44 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
         let _ = self.write(Frame::close(code, reason.as_bytes())).await;
         let _ = self.flush().await;
     }
+
+    async fn within_timeout(
+        timeout: Duration,
+        step: impl std::future::Future<Output = io::Result<()>>,
+    ) -> Result<(), SinkError> {
+        match tokio::time::timeout(timeout, step).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SinkError::Timeout),
+        }
+    }
 }
 
-/// An `AsyncWrite` that gathers writes in memory until `poll_flush`.
+/// The bytes of frames waiting for one write to the socket.
 pub struct Gather<W> {
     inner: W,
     buffer: Vec<u8>,
     written: usize,
 }
 
-impl<W> Gather<W> {
-    pub fn new(inner: W) -> Self {
+impl<W: AsyncWrite + Unpin> Gather<W> {
+    fn new(inner: W) -> Self {
         Self {
             inner,
             buffer: Vec::new(),
             written: 0,
         }
     }
-}
 
-impl<W: AsyncWrite + Unpin> Gather<W> {
+    /// Writes the gathered bytes out.
+    async fn drain(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.drain().await?;
+        self.inner.flush().await
+    }
+
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buffer.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..]))?;
@@ -119,49 +163,5 @@ impl<W: AsyncWrite + Unpin> Gather<W> {
         self.buffer = Vec::new();
         self.written = 0;
         Poll::Ready(Ok(()))
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for Gather<W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.buffer.len() >= FLUSH_AT {
-            ready!(self.poll_drain(cx))?;
-        }
-        self.buffer.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        parts: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if self.buffer.len() >= FLUSH_AT {
-            ready!(self.poll_drain(cx))?;
-        }
-        let mut total = 0;
-        for part in parts {
-            self.buffer.extend_from_slice(part);
-            total += part.len();
-        }
-        Poll::Ready(Ok(total))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -22,7 +22,10 @@
 //! through the first subscription that wants it, unless another subscription already
 //! covered it (its cursor passed the event, it started before it, and its filter matches).
 
-use std::collections::HashMap;
+// A connection holds at most `max_subscriptions_per_connection` channels, and each live
+// event is looked up here once per connection: a fast hash pays, SipHash's HashDoS
+// resistance buys nothing at that size.
+use foldhash::HashMap;
 
 use serde_json::Value;
 
@@ -148,6 +151,15 @@ impl Subscriptions {
     /// to deliver it through, or `None`. Advances the cursors of the live, unbatched
     /// subscriptions it concerns either way.
     pub fn route_live(&mut self, event: &Event) -> Option<usize> {
+        if let [channel] = event.channels.as_slice() {
+            // The common case, in one lookup: no other channel can have covered it.
+            let sub = self.by_channel.get_mut(channel)?;
+            if sub.batched || sub.catching_up.is_some() || event.seq <= sub.cursor {
+                return None;
+            }
+            sub.cursor = event.seq;
+            return sub.filter.matches(event).then_some(0);
+        }
         let mut chosen = None;
         for (index, channel) in event.channels.iter().enumerate() {
             let Some(sub) = self.by_channel.get(channel) else {
