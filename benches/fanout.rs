@@ -45,7 +45,10 @@ async fn subscriber(
     stop_at: Arc<tokio::sync::Notify>,
     expected: Arc<std::sync::atomic::AtomicU64>,
 ) -> Received {
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+    // A small read buffer: the library zeroes its free part before every read.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(config), true)
         .await
         .expect("connect");
     // connection_established, subscribed
