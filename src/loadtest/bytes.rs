@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::{
     frames::{Decoder, Message, Mode},
-    net::{next_frame, ConnectError, Incoming, Target, Ws},
+    net::{ConnectError, Incoming, Target, Ws},
     report::{Outcome, Table},
     traffic, BenchError,
 };
@@ -273,23 +273,20 @@ async fn subscribe_all(
     channels: &[String],
     types: Option<&[&str]>,
 ) -> Result<Ws, BenchError> {
-    use futures_util::SinkExt;
     let mut decoder = Decoder::new(mode);
     for channel in channels {
         let mut request = json!({"type": "subscribe", "id": channel, "channel": channel});
         if let Some(types) = types {
             request["filters"] = json!({ "event_types": types });
         }
-        ws.send(tokio_tungstenite::tungstenite::Message::text(
-            request.to_string(),
-        ))
-        .await
-        .map_err(|e| BenchError::Server(format!("subscribe: {e}")))?;
+        ws.send_text(&request.to_string())
+            .await
+            .map_err(|e| BenchError::Server(format!("subscribe: {e}")))?;
     }
     let mut answered = 0;
     let wait = async {
         while answered < channels.len() {
-            let Incoming::Data(payload, binary) = next_frame(&mut ws).await else {
+            let Incoming::Data(payload, binary) = ws.next_frame().await else {
                 return Err(BenchError::Server(format!(
                     "{} closed while subscribing",
                     mode.name()
@@ -330,7 +327,7 @@ async fn count(
     let mut counted = Counted::default();
     loop {
         let frame = tokio::select! {
-            frame = next_frame(ws) => frame,
+            frame = ws.next_frame() => frame,
             _ = stop.changed() => return Ok(counted),
         };
         let (payload, binary) = match frame {

@@ -358,33 +358,58 @@ impl Decoder {
 pub fn scan_json_events(payload: &[u8], channel: &str) -> Option<Vec<(u64, Option<u64>)>> {
     use memchr::memmem::Finder;
     use std::sync::LazyLock;
-    const EVENT: &[u8] = br#"{"type":"event","seq":"#;
-    const SENT: &[u8] = br#""sent_us":"#;
     // Built once: building a searcher costs more than searching one frame.
     static EVENTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(EVENT));
-    static SENTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(SENT));
     static DELTAS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"{"type":"delta""#));
-    if !(payload.starts_with(EVENT) || payload.starts_with(br#"{"type":"batch","messages":["#)) {
+    if payload.starts_with(EVENT) {
+        return Some(vec![scan_event(payload, channel)?]);
+    }
+    if !payload.starts_with(br#"{"type":"batch","messages":["#) || DELTAS.find(payload).is_some() {
         return None;
     }
     let mut starts = EVENTS.find_iter(payload).peekable();
-    if starts.peek().is_none() || DELTAS.find(payload).is_some() {
-        return None;
-    }
+    starts.peek()?;
     let mut out = Vec::new();
     while let Some(start) = starts.next() {
-        let end = starts.peek().copied().unwrap_or(payload.len());
-        let event = &payload[start + EVENT.len()..end];
-        let (seq, rest) = leading_number(event)?;
-        let rest = rest.strip_prefix(br#","channel":""#)?;
-        let rest = rest.strip_prefix(channel.as_bytes())?.strip_prefix(b"\"")?;
-        let sent_us = SENTS
-            .find(rest)
-            .and_then(|at| leading_number(&rest[at + SENT.len()..]))
-            .map(|(n, _)| n);
-        out.push((seq, sent_us));
+        // Each event of the batch but the last is followed by `,`; the last by `]}`.
+        let end = starts.peek().map_or(payload.len() - 2, |next| next - 1);
+        out.push(scan_event(&payload[start..end], channel)?);
     }
     Some(out)
+}
+
+const EVENT: &[u8] = br#"{"type":"event","seq":"#;
+
+/// (seq, sent_us) of one `event` message. `sent_us` is read backwards from its end when
+/// it is the last field of `data` (the load tool's publishers put it there), searched for
+/// otherwise.
+fn scan_event(event: &[u8], channel: &str) -> Option<(u64, Option<u64>)> {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    const SENT: &[u8] = br#""sent_us":"#;
+    static SENTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(SENT));
+    let (seq, rest) = leading_number(event.strip_prefix(EVENT)?)?;
+    let rest = rest.strip_prefix(br#","channel":""#)?;
+    let rest = rest.strip_prefix(channel.as_bytes())?.strip_prefix(b"\"")?;
+    let sent_us = match rest.strip_suffix(b"}}").and_then(trailing_number) {
+        Some((n, before)) if before.ends_with(SENT) => Some(n),
+        _ => SENTS
+            .find(rest)
+            .and_then(|at| leading_number(&rest[at + SENT.len()..]))
+            .map(|(n, _)| n),
+    };
+    Some((seq, sent_us))
+}
+
+/// The decimal number that `bytes` end with, and what precedes it.
+fn trailing_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let (before, number) = bytes.split_at(bytes.len() - digits);
+    Some((leading_number(number)?.0, before))
 }
 
 fn leading_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
@@ -568,5 +593,13 @@ mod tests {
             [(1, Some(10))]
         );
         assert!(scan_json_events(br#"{"type":"pong","id":1}"#, "arena/b").is_none());
+        let first = br#"{"type":"event","seq":7,"channel":"arena/b","event_type":"t","ts":"x","data":{"sent_us":70,"pad":"1"}}"#;
+        assert_eq!(
+            scan_json_events(first, "arena/b").unwrap(),
+            [(7, Some(70))],
+            "sent_us elsewhere in data is searched for"
+        );
+        let none = br#"{"type":"event","seq":8,"channel":"arena/b","event_type":"t","ts":"x","data":{"n":80}}"#;
+        assert_eq!(scan_json_events(none, "arena/b").unwrap(), [(8, None)]);
     }
 }

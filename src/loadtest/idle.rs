@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{
     frames::Mode,
-    net::{next_frame, ConnectError, Incoming, Target},
+    net::{ConnectError, Incoming, Target},
     report::{Outcome, Table},
     subscriber::{self, OpenError},
     BenchError,
@@ -211,13 +211,13 @@ pub async fn run(target: &Target, run_id: &str, args: &IdleArgs) -> Result<Outco
 async fn hold(mut ws: super::net::Ws, mut stop: watch::Receiver<bool>) -> Option<u16> {
     loop {
         tokio::select! {
-            frame = next_frame(&mut ws) => {
+            frame = ws.next_frame() => {
                 if let Incoming::Closed(code, _) = frame {
                     return Some(code);
                 }
             }
             _ = stop.changed() => {
-                let _ = ws.close(None).await;
+                ws.close().await;
                 return None;
             }
         }

@@ -2,17 +2,30 @@
 //! four bytes each are cheap next to what produced them), and the one clock the load tool
 //! timestamps events with.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::LazyLock,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use serde::Serialize;
 
 /// Microseconds since the Unix epoch: the publisher writes it into an event and the
 /// subscriber compares it at receipt. Both run in this process, so they share the clock.
 pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64
+    us_at(Instant::now())
+}
+
+/// `at` in microseconds since the Unix epoch, on the monotonic clock: a subscriber reads
+/// the clock once per frame and has both its `Instant` and its timestamp.
+pub fn us_at(at: Instant) -> u64 {
+    static START: LazyLock<(Instant, u64)> = LazyLock::new(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (Instant::now(), wall.as_micros() as u64)
+    });
+    let (start, start_us) = *START;
+    start_us + at.saturating_duration_since(start).as_micros() as u64
 }
 
 /// Samples in microseconds.

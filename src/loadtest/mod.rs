@@ -23,6 +23,7 @@ mod publish;
 mod report;
 mod subscriber;
 mod traffic;
+mod wsclient;
 
 use std::path::PathBuf;
 

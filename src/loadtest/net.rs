@@ -8,18 +8,11 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::{
-    tungstenite::{self, protocol::CloseFrame, Message},
-    WebSocketStream,
-};
+use tokio::net::TcpSocket;
 
-use super::{frames::Mode, BenchError};
-
-pub type Ws = WebSocketStream<TcpStream>;
+pub use super::wsclient::{Incoming, Ws};
+use super::{frames::Mode, wsclient::HandshakeError, BenchError};
 
 /// A running server on this machine.
 #[derive(Clone)]
@@ -175,24 +168,16 @@ impl Target {
         }
         let tcp = socket.connect(self.addr).await.map_err(ConnectError::Io)?;
         let _ = tcp.set_nodelay(true);
-        // The library zeroes the free part of its read buffer before every read, also one
-        // that finds nothing: at 128 KiB (its default) that costs more than the frames a
-        // read brings.
-        let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024);
-        match tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await {
-            Ok((ws, _)) => Ok(ws),
-            Err(tungstenite::Error::Http(response)) => {
-                let body = response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Err(ConnectError::Refused {
-                    status: response.status().as_u16(),
-                    body,
-                })
+        let path = url
+            .strip_prefix(&format!("ws://{}", self.addr))
+            .unwrap_or(url);
+        match Ws::handshake(tcp, &self.addr.to_string(), path).await {
+            Ok(ws) => Ok(ws),
+            Err(HandshakeError::Refused { status, body }) => {
+                Err(ConnectError::Refused { status, body })
             }
-            Err(e) => Err(ConnectError::WebSocket(e)),
+            Err(HandshakeError::Io(e)) => Err(ConnectError::Io(e)),
+            Err(e) => Err(ConnectError::WebSocket(e.to_string())),
         }
     }
 }
@@ -212,7 +197,7 @@ pub enum ConnectError {
     #[error("handshake refused with HTTP {status}: {body}")]
     Refused { status: u16, body: String },
     #[error("WebSocket: {0}")]
-    WebSocket(tungstenite::Error),
+    WebSocket(String),
 }
 
 impl From<ConnectError> for BenchError {
@@ -227,33 +212,6 @@ pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
-}
-
-/// A frame read from a subscriber's socket.
-pub enum Incoming {
-    /// A data frame: its payload and whether it was binary.
-    Data(Bytes, bool),
-    /// The server closed with this code and reason (1006 when it closed without a frame).
-    Closed(u16, String),
-}
-
-/// The next data frame or the close; pings are answered by the library as it reads.
-pub async fn next_frame(ws: &mut Ws) -> Incoming {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => return Incoming::Data(Bytes::from(text), false),
-            Some(Ok(Message::Binary(bytes))) => return Incoming::Data(bytes, true),
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = frame
-                    .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                return Incoming::Closed(code, reason);
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Incoming::Closed(1006, e.to_string()),
-            None => return Incoming::Closed(1006, "connection ended".into()),
-        }
-    }
 }
 
 #[cfg(test)]

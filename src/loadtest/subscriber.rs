@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use super::{
     frames::{self, Control, Decoder, Message, Mode},
-    latency::{now_us, Latencies},
-    net::{next_frame, ConnectError, Incoming, Target, Ws},
+    latency::{us_at, Latencies},
+    net::{ConnectError, Incoming, Target, Ws},
 };
 
 /// Close codes the tool acts on (CONTRACT §5).
@@ -58,7 +58,7 @@ pub async fn open(
         let mut decoder = Decoder::lean(mode);
         let mut hello = None;
         loop {
-            let (payload, binary) = match next_frame(&mut ws).await {
+            let (payload, binary) = match ws.next_frame().await {
                 Incoming::Data(payload, binary) => (payload, binary),
                 Incoming::Closed(TRY_AGAIN_LATER, reason) => {
                     return Err(OpenError::LimitReached(reason))
@@ -207,7 +207,7 @@ pub async fn follow(
     let head = hello.head.unwrap_or(0);
     'reading: while !goal.reached(&tally) && !*goal.stop.borrow() {
         let first = tokio::select! {
-            frame = next_frame(&mut ws) => frame,
+            frame = ws.next_frame() => frame,
             _ = goal.expected.changed() => continue,
             _ = goal.stop.changed() => continue,
         };
@@ -218,7 +218,8 @@ pub async fn follow(
         while let Some(incoming) = frame.take() {
             match incoming {
                 Incoming::Data(payload, binary) => {
-                    let now = (Instant::now(), now_us());
+                    let at = Instant::now();
+                    let now = (at, us_at(at));
                     if let Err(e) = take_frame(
                         &mut tally,
                         &mut decoder,
@@ -256,7 +257,7 @@ pub async fn follow(
             if goal.reached(&tally) {
                 break;
             }
-            frame = next_frame(&mut ws).now_or_never();
+            frame = ws.next_frame().now_or_never();
         }
     }
     tally
