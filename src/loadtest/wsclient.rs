@@ -16,8 +16,11 @@ use tokio::{
     net::TcpStream,
 };
 
-/// Room made for a read when the buffer has less: a burst of frames is read at once.
+/// Room made for a read when the buffer has less: a burst of frames is read at once. It
+/// doubles while reads fill it (a resume's backlog), up to `MAX_READ_ROOM`, and starts
+/// small again after a read that did not.
 const READ_ROOM: usize = 4096;
+const MAX_READ_ROOM: usize = 256 * 1024;
 
 /// A frame read from a subscriber's socket.
 pub enum Incoming {
@@ -40,6 +43,7 @@ pub enum HandshakeError {
 pub struct Ws {
     io: TokioIo<hyper::upgrade::Upgraded>,
     buffer: BytesMut,
+    read_room: usize,
     /// The first frames of a fragmented message: its opcode and payload so far.
     fragments: Option<(u8, BytesMut)>,
     /// Replies (pongs, the close) not yet fully written, and how much of them was.
@@ -83,6 +87,7 @@ impl Ws {
         Ok(Ws {
             io: TokioIo::new(upgraded),
             buffer: BytesMut::new(),
+            read_room: READ_ROOM,
             fragments: None,
             out: Vec::new(),
             out_written: 0,
@@ -102,12 +107,19 @@ impl Ws {
         loop {
             self.write_replies().await?;
             let Some((fin, opcode, payload)) = self.parse()? else {
-                if self.buffer.capacity() - self.buffer.len() < READ_ROOM / 4 {
-                    self.buffer.reserve(READ_ROOM);
+                if self.buffer.capacity() - self.buffer.len() < self.read_room / 4 {
+                    self.buffer.reserve(self.read_room);
                 }
-                if self.io.read_buf(&mut self.buffer).await? == 0 {
+                let room = self.buffer.capacity() - self.buffer.len();
+                let read = self.io.read_buf(&mut self.buffer).await?;
+                if read == 0 {
                     return Ok(Incoming::Closed(1006, "connection ended".into()));
                 }
+                self.read_room = if read == room {
+                    (self.read_room * 2).min(MAX_READ_ROOM)
+                } else {
+                    READ_ROOM
+                };
                 continue;
             };
             match opcode {
