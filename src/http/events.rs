@@ -18,7 +18,7 @@ use crate::{
     error::ApiError,
     event::{Channel, Event},
     log::ReadRange,
-    protocol::{self, Cursor},
+    protocol::{self, query},
     publish::{parse_body, BodyFormat},
 };
 
@@ -79,16 +79,6 @@ enum HistoryFormat {
 }
 
 fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, ApiError> {
-    let cursor = |name: &str| -> Result<Option<u64>, ApiError> {
-        query
-            .get(name)
-            .map(|text| {
-                Cursor::parse(text).map(|c| c.0).ok_or_else(|| {
-                    ApiError::bad_request(format!("{name} `{text}` is not a cursor (a seq)"))
-                })
-            })
-            .transpose()
-    };
     let limit = match query.get("limit") {
         None => DEFAULT_PAGE,
         Some(text) => match text.parse::<usize>() {
@@ -110,20 +100,13 @@ fn parse_query(query: &HashMap<String, String>) -> Result<HistoryQuery, ApiError
             )))
         }
     };
-    let types = query.get("types").map(|list| {
-        list.split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect()
-    });
     Ok(HistoryQuery {
-        since: cursor("since")?.unwrap_or(0),
-        until: cursor("until")?.unwrap_or(u64::MAX),
+        since: query::cursor(query, "since")?.unwrap_or(0),
+        until: query::cursor(query, "until")?.unwrap_or(u64::MAX),
         limit,
-        types,
+        types: query::types(query),
         format,
-        epoch: query.get("epoch").filter(|e| !e.is_empty()).cloned(),
+        epoch: query::epoch(query),
     })
 }
 

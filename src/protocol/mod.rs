@@ -10,6 +10,7 @@
 pub mod client;
 pub mod delta;
 mod encode;
+pub mod query;
 pub mod server;
 mod stored;
 

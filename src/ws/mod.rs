@@ -43,7 +43,7 @@ use crate::{
     fanout::{ConnectionInfo, ConnectionStats, Slot, SlotRefusal},
     filter::Filter,
     metrics::METRICS,
-    protocol::{Cursor, Format, Wire},
+    protocol::{query, Format, Wire},
 };
 
 /// Inbound messages read ahead of the session. Small: a client that floods is slowed down
@@ -107,30 +107,13 @@ fn parse_options(query: &HashMap<String, String>) -> Result<ConnectOptions, ApiE
         Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("delta must be true or false")),
     };
-    let since = match query.get("since") {
-        None => None,
-        Some(text) => Some(
-            Cursor::parse(text)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!("since `{text}` is not a cursor (a seq)"))
-                })?
-                .0,
-        ),
-    };
-    let types = query.get("types").map(|list| {
-        list.split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect()
-    });
     Ok(ConnectOptions {
         format,
         gzip,
         delta,
-        since,
-        epoch: query.get("epoch").filter(|e| !e.is_empty()).cloned(),
-        types,
+        since: query::cursor(query, "since")?,
+        epoch: query::epoch(query),
+        types: query::types(query),
     })
 }
 
