@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::{
     auth::Authenticator, bans::BanList, config::Config, fanout::Hub, log::EventLog,
-    protocol::DeltaKeys, publish::Publisher,
+    protocol::DeltaKeys, publish::Publisher, rate_limit::PublishRate,
 };
 
 pub struct App {
@@ -21,6 +21,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Clients refused at the handshake for a while after flooding.
     pub bans: BanList,
+    /// HTTP publish requests per user (`limits.http_publish_per_second`).
+    pub publish_rate: PublishRate,
     /// Turns `true` once shutdown begins; sessions close with 1001 when they see it.
     pub shutdown: watch::Receiver<bool>,
 }

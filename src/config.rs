@@ -134,6 +134,11 @@ pub struct LimitsConfig {
     pub flood_refusals: u32,
     /// How long a flooding user is refused at the handshake (429).
     pub flood_ban_secs: u64,
+    /// HTTP publish requests per second per user (in mode `none`, all requests share one
+    /// bucket); over it, 429 `RATE_LIMIT_EXCEEDED`. 0: no limit.
+    pub http_publish_per_second: u32,
+    /// Requests a user may send at once before the rate applies; 0: `http_publish_per_second`.
+    pub http_publish_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -149,6 +154,8 @@ impl Default for LimitsConfig {
             max_batch_events: 10_000,
             flood_refusals: 50,
             flood_ban_secs: 60,
+            http_publish_per_second: 0,
+            http_publish_burst: 0,
         }
     }
 }

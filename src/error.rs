@@ -73,6 +73,22 @@ impl ApiError {
         .with_details(json!({ "limit": limit, "retry_after_ms": retry_after_ms }))
     }
 
+    /// Over a rate limit, answered over HTTP: the 429 with `Retry-After` (whole seconds,
+    /// rounded up) beside the error body.
+    pub fn rate_limited_response(
+        message: impl Into<String>,
+        limit: u32,
+        wait: std::time::Duration,
+    ) -> Response {
+        let retry_after_ms = wait.as_millis().max(1) as u64;
+        let mut response = Self::rate_limited(message, limit, retry_after_ms).into_response();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_ms.div_ceil(1000)),
+        );
+        response
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,6 +1,7 @@
 //! The per-connection rate limit on client messages: a token bucket (GCRA) refilled at
 //! `limits.messages_per_second` and holding `limits.burst`, and the count of refusals that
-//! tells a client that keeps flooding from one that had a burst.
+//! tells a client that keeps flooding from one that had a burst. And the per-user limit on
+//! HTTP publish requests (`limits.http_publish_per_second`, off by default).
 //!
 //! Architecture invariant: this is the only module that touches governor.
 
@@ -11,6 +12,7 @@ use std::{
 
 use governor::{
     clock::{Clock, DefaultClock},
+    state::keyed::HashMapStateStore,
     DefaultDirectRateLimiter, Quota, RateLimiter,
 };
 
@@ -82,9 +84,69 @@ impl MessageRate {
     }
 }
 
+/// Users whose buckets are kept before the full ones are forgotten: a bucket that has
+/// refilled is the same as none.
+const USERS_KEPT: usize = 10_000;
+
+/// HTTP publish requests per user (`None`: no limit).
+pub struct PublishRate {
+    limiter: Option<RateLimiter<String, HashMapStateStore<String>, DefaultClock>>,
+    clock: DefaultClock,
+    per_second: u32,
+}
+
+impl PublishRate {
+    /// `per_second` 0 turns the limit off; `burst` 0 means `per_second`.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            RateLimiter::hashmap(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self {
+            limiter,
+            clock: DefaultClock::default(),
+            per_second,
+        }
+    }
+
+    pub fn per_second(&self) -> u32 {
+        self.per_second
+    }
+
+    /// `Err(wait)`: `user` is over the limit; a request is allowed again after `wait`.
+    pub fn check(&self, user: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if limiter.len() > USERS_KEPT {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&user.to_string())
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_requests_are_limited_per_user_and_only_when_asked() {
+        let off = PublishRate::new(0, 0);
+        assert!((0..1000).all(|_| off.check("u").is_ok()));
+        let rate = PublishRate::new(1, 2);
+        assert!(rate.check("a").is_ok() && rate.check("a").is_ok());
+        let wait = rate.check("a").unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(
+            rate.check("b").is_ok(),
+            "another user has a bucket of its own"
+        );
+    }
 
     #[test]
     fn a_burst_passes_then_refusals_carry_the_wait_then_a_flood_is_named() {

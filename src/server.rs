@@ -19,6 +19,7 @@ use crate::{
     log::{sled::SledLog, EventLog, LogError},
     protocol::DeltaKeys,
     publish::Publisher,
+    rate_limit::PublishRate,
     tls::{self, TlsListener, TlsSetupError},
 };
 
@@ -105,8 +106,13 @@ async fn run(
         config.frames.delta_keys.clone(),
         config.frames.delta_full_every,
     ));
+    let publish_rate = PublishRate::new(
+        config.limits.http_publish_per_second,
+        config.limits.http_publish_burst,
+    );
     let state = AppState::new(App {
         delta_keys,
+        publish_rate,
         config,
         log: log.clone(),
         hub: hub.clone(),

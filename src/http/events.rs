@@ -28,6 +28,15 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = principal(&app, &headers)?;
+    // Checked before the body is read: reading it is the cost the limit protects.
+    if let Err(wait) = app.publish_rate.check(&who.user) {
+        let limit = app.publish_rate.per_second();
+        return Ok(ApiError::rate_limited_response(
+            format!("at most {limit} publish requests per second; request refused"),
+            limit,
+            wait,
+        ));
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());

@@ -11,7 +11,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use axum::{
     http::{header, HeaderMap, HeaderValue},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
 use crate::{auth::Principal, error::ApiError, http::bearer_token};
@@ -93,18 +93,11 @@ pub fn abuse_key(principal: &Principal, peer: SocketAddr) -> String {
 /// 429 with `Retry-After`, for a client still banned for `left`; `limit` is the message
 /// rate it went over.
 pub fn banned(left: Duration, limit: u32) -> Response {
-    let retry_after_ms = left.as_millis().max(1) as u64;
-    let mut response = ApiError::rate_limited(
+    ApiError::rate_limited_response(
         "refused for flooding: too many messages over the rate limit",
         limit,
-        retry_after_ms,
+        left,
     )
-    .into_response();
-    let seconds = retry_after_ms.div_ceil(1000);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    response
 }
 
 #[cfg(test)]

@@ -216,3 +216,57 @@ async fn subscriptions_per_connection_and_filter_size_are_capped() {
     let seq = server.publish_one("arena/a1", "t", json!({})).await;
     assert_eq!(ws.recv_type("event").await["seq"], seq);
 }
+
+#[tokio::test]
+async fn http_publishing_over_its_rate_is_refused_per_user_and_nothing_is_appended() {
+    let config = jwt_config("[limits]\nhttp_publish_per_second = 1\nhttp_publish_burst = 2\n");
+    let server = Server::start_with(&config).await;
+    let a = mint(SECRET, "a", &["publish:*", "subscribe:*"], 3600);
+    let b = mint(SECRET, "b", &["publish:*"], 3600);
+    let event = |n: u64| json!({"channel": "arena/rate", "event_type": "t", "data": {"n": n}});
+    for n in 0..2 {
+        let (status, body) = server.publish_as(&a, event(n)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let refused = reqwest::Client::new()
+        .post(server.url("/api/v1/events"))
+        .bearer_auth(&a)
+        .json(&event(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(body["error"]["details"]["limit"], 1);
+    let wait = body["error"]["details"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=1000).contains(&wait), "{wait}");
+    assert_eq!(retry_after, 1);
+
+    let (status, body) = server.publish_as(&b, event(3)).await;
+    assert_eq!(
+        (status, &body["seq"]),
+        (200, &json!(3)),
+        "another user has its own rate"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    let (status, body) = server.publish_as(&a, event(4)).await;
+    assert_eq!((status, &body["seq"]), (200, &json!(4)), "{body}");
+    let (status, history) = server
+        .get_as(Some(&a), "/api/v1/channels/arena/rate/events")
+        .await;
+    assert_eq!(status, 200, "{history}");
+    let ns: Vec<u64> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [0, 1, 3, 4], "the refused request appended nothing");
+}
