@@ -48,12 +48,12 @@ impl HighFrequency {
         Self { rules }
     }
 
-    /// The rule batching `channel`, if any. Broadcasts are never batched.
     /// No channel is batched.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
+    /// The rule batching `channel`, if any. Broadcasts are never batched.
     pub fn rule_for(&self, channel: &Channel) -> Option<&Rule> {
         if self.rules.is_empty() || channel.as_str() == BROADCAST_CHANNEL {
             return None;

@@ -89,18 +89,46 @@ struct Pulse {
 }
 
 impl Pulse {
-    /// When the held groups are due.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        match (self.held.is_empty(), self.last) {
-            (false, Some(last)) => Some(last + self.every),
-            (false, None) => Some(tokio::time::Instant::now()),
-            (true, _) => None,
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held: Vec::new(),
         }
+    }
+
+    /// When the held groups are due (groups are only held after a pulse went out).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.last
+            .filter(|_| !self.held.is_empty())
+            .map(|last| last + self.every)
     }
 
     /// Whether a group arriving now may go out at once.
     fn open(&self, now: tokio::time::Instant) -> bool {
         self.held.is_empty() && self.last.is_none_or(|last| now >= last + self.every)
+    }
+
+    /// A group that arrived at `now`: itself when it goes out at once (a pulse of its own),
+    /// `None` when it is held for the next pulse.
+    fn admit(
+        &mut self,
+        group: Arc<AppendedGroup>,
+        now: tokio::time::Instant,
+    ) -> Option<Arc<AppendedGroup>> {
+        if self.open(now) {
+            self.last = Some(now);
+            Some(group)
+        } else {
+            self.held.push(group);
+            None
+        }
+    }
+
+    /// The held groups, going out now.
+    fn release(&mut self, now: tokio::time::Instant) -> Vec<Arc<AppendedGroup>> {
+        self.last = Some(now);
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -218,11 +246,7 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             let mut batcher = Batcher::default();
-            let mut pulse = Pulse {
-                every: hub.coalesce,
-                last: None,
-                held: Vec::new(),
-            };
+            let mut pulse = Pulse::new(hub.coalesce);
             loop {
                 let batch_due = batcher.next_deadline();
                 let pulse_due = pulse.deadline();
@@ -231,12 +255,8 @@ impl Hub {
                         Ok(group) => {
                             METRICS.group_appended(group.events.len(), group.durable_in);
                             hub.feed_batches(&group, &mut batcher);
-                            let now = tokio::time::Instant::now();
-                            if pulse.open(now) {
-                                pulse.last = Some(now);
+                            if let Some(group) = pulse.admit(group, tokio::time::Instant::now()) {
                                 hub.dispatch(&group);
-                            } else {
-                                pulse.held.push(group);
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -249,8 +269,7 @@ impl Hub {
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                     _ = sleep_until(pulse_due), if pulse_due.is_some() => {
-                        pulse.last = Some(tokio::time::Instant::now());
-                        hub.dispatch_pulse(std::mem::take(&mut pulse.held));
+                        hub.dispatch_pulse(pulse.release(tokio::time::Instant::now()));
                     }
                     _ = sleep_until(batch_due), if batch_due.is_some() => {
                         for batch in batcher.take_due(tokio::time::Instant::now()) {

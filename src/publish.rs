@@ -87,7 +87,7 @@ pub fn parse_body(
 ) -> Result<ParsedBody, ApiError> {
     let overflowed = Cell::new(false);
     let seed = bounded::BatchSeed::new(max_events, &overflowed);
-    let too_many = || ApiError::too_large(format!("a batch holds at most {max_events} events"));
+    let too_many = || too_many(max_events);
     let (items, is_batch) = match format {
         BodyFormat::Json => {
             if let Some(parsed) = parse_json_direct(body, max_events)? {
@@ -175,11 +175,7 @@ struct RawEventInput {
 fn parse_json_direct(body: &[u8], max_events: usize) -> Result<Option<ParsedBody>, ApiError> {
     let (items, is_batch) = match bounded::read_json::<RawEventInput>(body, max_events) {
         Ok(parsed) => parsed,
-        Err(Unread::TooMany) => {
-            return Err(ApiError::too_large(format!(
-                "a batch holds at most {max_events} events"
-            )))
-        }
+        Err(Unread::TooMany) => return Err(too_many(max_events)),
         Err(Unread::Invalid(_)) => return Ok(None),
     };
     if items.is_empty() {
@@ -199,6 +195,10 @@ fn parse_json_direct(body: &[u8], max_events: usize) -> Result<Option<ParsedBody
         }
     }
     Ok(Some(ParsedBody { events, is_batch }))
+}
+
+fn too_many(max_events: usize) -> ApiError {
+    ApiError::too_large(format!("a batch holds at most {max_events} events"))
 }
 
 /// Whether JSON text has no whitespace outside its strings (what the log stores).

@@ -248,8 +248,8 @@ async fn start_class(
     let mut counters = Vec::new();
     for name in MODES {
         let mode = Mode::parse(name).expect("the modes compared are valid");
-        let url = target.ws_url("/ws", mode, &[]);
-        let counter = match target.ws_connect(&url, None).await {
+        let path = target.ws_path("/ws", mode, &[]);
+        let counter = match target.ws_connect(&path, None).await {
             Ok(ws) => {
                 let stop = stop.clone();
                 let mut subscribed = subscribe_all(ws, mode, &class.channels, class.types).await?;

@@ -3,7 +3,6 @@
 //! optionally from a chosen source address.
 
 use std::{
-    io,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -11,8 +10,8 @@ use std::{
 use serde_json::Value;
 use tokio::net::TcpSocket;
 
-pub use super::wsclient::{Incoming, Ws};
-use super::{frames::Mode, wsclient::HandshakeError, BenchError};
+pub use super::wsclient::{ConnectError, Incoming, Ws};
+use super::{frames::Mode, BenchError};
 
 /// A running server on this machine.
 #[derive(Clone)]
@@ -135,8 +134,9 @@ impl Target {
             .ok_or_else(|| BenchError::Server(format!("publish answer: {text}")))
     }
 
-    /// The WebSocket URL of `path` with the mode's, the token's and `extra` parameters.
-    pub fn ws_url(&self, path: &str, mode: Mode, extra: &[(&str, String)]) -> String {
+    /// The request target of a WebSocket on `path`: the path with the mode's, the token's
+    /// and `extra` parameters.
+    pub fn ws_path(&self, path: &str, mode: Mode, extra: &[(&str, String)]) -> String {
         let mut params: Vec<String> = mode
             .query()
             .into_iter()
@@ -146,39 +146,27 @@ impl Target {
         if let Some(token) = &self.token {
             params.push(format!("token={token}"));
         }
-        let mut url = format!("ws://{}{path}", self.addr);
+        let mut target = path.to_string();
         if !params.is_empty() {
-            url.push('?');
-            url.push_str(&params.join("&"));
+            target.push('?');
+            target.push_str(&params.join("&"));
         }
-        url
+        target
     }
 
-    /// Opens a WebSocket, from `source` when given (an address of this host to bind to).
-    pub async fn ws_connect(&self, url: &str, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
+    /// Opens a WebSocket on `path` (from `ws_path`), from `source` when given (an address
+    /// of this host to bind to).
+    pub async fn ws_connect(&self, path: &str, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
         let socket = match self.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(ConnectError::Io)?;
+        }?;
         if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(ConnectError::Io)?;
+            socket.bind(SocketAddr::new(ip, 0))?;
         }
-        let tcp = socket.connect(self.addr).await.map_err(ConnectError::Io)?;
+        let tcp = socket.connect(self.addr).await?;
         let _ = tcp.set_nodelay(true);
-        let path = url
-            .strip_prefix(&format!("ws://{}", self.addr))
-            .unwrap_or(url);
-        match Ws::handshake(tcp, &self.addr.to_string(), path).await {
-            Ok(ws) => Ok(ws),
-            Err(HandshakeError::Refused { status, body }) => {
-                Err(ConnectError::Refused { status, body })
-            }
-            Err(HandshakeError::Io(e)) => Err(ConnectError::Io(e)),
-            Err(e) => Err(ConnectError::WebSocket(e.to_string())),
-        }
+        Ws::handshake(tcp, &self.addr.to_string(), path).await
     }
 }
 
@@ -188,16 +176,6 @@ fn http_client() -> Result<reqwest::Client, BenchError> {
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| BenchError::Setup(e.to_string()))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("{0}")]
-    Io(io::Error),
-    #[error("handshake refused with HTTP {status}: {body}")]
-    Refused { status: u16, body: String },
-    #[error("WebSocket: {0}")]
-    WebSocket(String),
 }
 
 impl From<ConnectError> for BenchError {

@@ -52,9 +52,9 @@ pub async fn open(
         extra.push(("since", since.to_string()));
         extra.push(("epoch", epoch.to_string()));
     }
-    let url = target.ws_url(&format!("/ws/{channel}"), mode, &extra);
+    let path = target.ws_path(&format!("/ws/{channel}"), mode, &extra);
     let opening = async {
-        let mut ws = target.ws_connect(&url, source).await?;
+        let mut ws = target.ws_connect(&path, source).await?;
         let mut decoder = Decoder::lean(mode);
         let mut hello = None;
         loop {

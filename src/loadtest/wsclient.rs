@@ -30,14 +30,15 @@ pub enum Incoming {
     Closed(u16, String),
 }
 
+/// Why a WebSocket could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
+pub enum ConnectError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("handshake refused with HTTP {status}: {body}")]
     Refused { status: u16, body: String },
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
+    #[error("WebSocket handshake: {0}")]
+    Handshake(#[from] hyper::Error),
 }
 
 pub struct Ws {
@@ -57,7 +58,7 @@ impl Ws {
         tcp: TcpStream,
         host: &str,
         path_and_query: &str,
-    ) -> Result<Ws, HandshakeError> {
+    ) -> Result<Ws, ConnectError> {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(async move {
@@ -78,7 +79,7 @@ impl Ws {
         if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
             let status = response.status().as_u16();
             let body = response.into_body().collect().await?.to_bytes();
-            return Err(HandshakeError::Refused {
+            return Err(ConnectError::Refused {
                 status,
                 body: String::from_utf8_lossy(&body).into_owned(),
             });

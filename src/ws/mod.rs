@@ -230,7 +230,7 @@ fn run_connection(
     admission: Admission,
 ) -> impl std::future::Future<Output = ()> + Send {
     // Nothing has been read from the upgraded stream yet, so taking it out of the
-    // WebSocket loses nothing; the writing half gets the gathering buffer.
+    // WebSocket loses nothing; the reader and the sink share it.
     let stream = linger::Shared::new(ws.into_inner());
     let opened = open_session(&app, &stream, &params, admission).map(|(session, conn, reader)| {
         let span =

@@ -125,7 +125,7 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
 }
 
 /// The bytes of frames waiting for one write to the socket.
-pub struct Gather<W> {
+struct Gather<W> {
     inner: W,
     buffer: Vec<u8>,
     written: usize,

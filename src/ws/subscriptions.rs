@@ -51,6 +51,14 @@ pub struct Subscription {
     pub batched: bool,
 }
 
+impl Subscription {
+    /// Whether a live event of an append group with this seq is still this subscription's
+    /// to take: it is live (not catching up), unbatched, and not past the event.
+    fn takes_live(&self, seq: u64) -> bool {
+        !self.batched && self.catching_up.is_none() && seq > self.cursor
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct CatchUp {
     /// Send `caught_up` when done (a resume asked by the client, not a lag recovery).
@@ -154,7 +162,7 @@ impl Subscriptions {
         if let [channel] = event.channels.as_slice() {
             // The common case, in one lookup: no other channel can have covered it.
             let sub = self.by_channel.get_mut(channel)?;
-            if sub.batched || sub.catching_up.is_some() || event.seq <= sub.cursor {
+            if !sub.takes_live(event.seq) {
                 return None;
             }
             sub.cursor = event.seq;
@@ -165,7 +173,7 @@ impl Subscriptions {
             let Some(sub) = self.by_channel.get(channel) else {
                 continue;
             };
-            if sub.batched || sub.catching_up.is_some() || event.seq <= sub.cursor {
+            if !sub.takes_live(event.seq) {
                 continue;
             }
             if chosen.is_none()
@@ -177,7 +185,7 @@ impl Subscriptions {
         }
         for channel in &event.channels {
             if let Some(sub) = self.by_channel.get_mut(channel) {
-                if !sub.batched && sub.catching_up.is_none() && event.seq > sub.cursor {
+                if sub.takes_live(event.seq) {
                     sub.cursor = event.seq;
                 }
             }

@@ -28,7 +28,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         Ok(())
     }
 
-    pub(super) async fn deliver(&mut self, delivery: &Delivery) -> Result<(), Flow> {
+    async fn deliver(&mut self, delivery: &Delivery) -> Result<(), Flow> {
         match delivery {
             Delivery::Group(group) => self.deliver_live(group).await,
             Delivery::Groups(groups) => {
@@ -41,7 +41,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         }
     }
 
-    pub(super) async fn deliver_live(&mut self, group: &AppendedGroup) -> Result<(), Flow> {
+    async fn deliver_live(&mut self, group: &AppendedGroup) -> Result<(), Flow> {
         let mut delivered = 0;
         for event in &group.events {
             if let Some(index) = self.subs.route_live(event) {
@@ -59,7 +59,7 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
 
     /// A flushed batch of a high-frequency channel: its events this connection takes, as
     /// one `batch` frame — the batch's shared frame when it takes them all.
-    pub(super) async fn deliver_batch(&mut self, batch: &Batch) -> Result<(), Flow> {
+    async fn deliver_batch(&mut self, batch: &Batch) -> Result<(), Flow> {
         let picked: Vec<&Arc<Event>> = batch
             .events
             .iter()
