@@ -27,7 +27,8 @@
 //!   reading), append.
 //! - [`log`] — the `EventLog` trait; `log/sled/` is the embedded engine, the only code
 //!   that touches sled; `log/codec.rs` defines the bytes (see `storage-format.md`).
-//! - [`fanout`] — channel registry and per-connection bounded queues, lag detection.
+//! - [`fanout`] — channel registry and per-connection bounded queues, lag detection; groups
+//!   go out in pulses (`delivery.coalesce_ms`).
 //! - [`batching`] — `[[high_frequency]]` rules: a channel's live events coalesced into
 //!   shared batches.
 //! - [`filter`] — subscription filters.
@@ -40,7 +41,8 @@
 //! - [`datasets`] — sealed datasets on pinned seq lists: statistics, export, anonymization.
 //! - [`auth`] — credentials (JWT) to `Principal`, and what a principal may do; the only
 //!   code that touches jsonwebtoken.
-//! - [`rate_limit`] — the per-connection token bucket on client messages; owns governor.
+//! - [`rate_limit`] — the per-connection token bucket on client messages and the per-user
+//!   one on HTTP publish requests; owns governor.
 //! - [`bans`] — clients refused at the handshake for a while after flooding.
 //! - [`tls`] — built-in TLS: rustls configuration and a listener of finished handshakes.
 //! - [`simulate`] — simulated domain traffic (competitions, agent statuses, curricula,
