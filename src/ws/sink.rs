@@ -22,6 +22,9 @@ use crate::{fanout::ConnectionStats, metrics::METRICS, protocol::OutFrame};
 const FLUSH_AT: usize = 64 * 1024;
 /// The longest header of a server frame (unmasked, 64-bit length).
 const MAX_HEAD: usize = 10;
+/// Room taken at the start of a burst, so that a burst of a few events grows its buffer
+/// once or not at all instead of doubling up from a few bytes.
+const BURST_ROOM: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -90,6 +93,11 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
         }
         let mut head = [0u8; MAX_HEAD];
         let head_len = frame.fmt_head(&mut head);
+        if self.out.buffer.capacity() == 0 {
+            self.out
+                .buffer
+                .reserve(BURST_ROOM.max(head_len + frame.payload.len()));
+        }
         self.out.buffer.extend_from_slice(&head[..head_len]);
         self.out.buffer.extend_from_slice(&frame.payload);
         Ok(())

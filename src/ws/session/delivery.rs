@@ -51,7 +51,6 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             }
         }
         if delivered > 0 {
-            METRICS.events_delivered.inc_by(delivered);
             self.unflushed_live.push((group.durable_at, delivered));
         }
         Ok(())
@@ -71,9 +70,8 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
         let whole = (picked.len() == batch.events.len()).then_some(&batch.frames);
         let frame = self.outbox.batch(&picked, &batch.channel, whole);
         self.sink.send(&frame).await?;
-        let delivered = picked.len() as u64;
-        METRICS.events_delivered.inc_by(delivered);
-        self.unflushed_live.push((batch.durable_at, delivered));
+        self.unflushed_live
+            .push((batch.durable_at, picked.len() as u64));
         Ok(())
     }
 

@@ -19,6 +19,10 @@ use prometheus_client::{
 
 use crate::protocol::ErrorCode;
 
+mod counted;
+
+pub use counted::LatencyHistogram;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
@@ -64,7 +68,7 @@ pub struct Metrics {
     pub events_delivered: Counter,
     pub messages_sent: Counter,
     pub bytes_sent: Counter,
-    pub delivery_latency: Histogram,
+    pub delivery_latency: LatencyHistogram,
     pub errors: Family<CodeLabel, Counter>,
     pub rate_limited: Counter,
     pub lag_recoveries: Counter,
@@ -87,11 +91,9 @@ pub struct ScrapeSnapshot {
     pub log_head: u64,
 }
 
-fn latency_histogram() -> Histogram {
-    // 50 µs .. ~1.6 s, doubling.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.00005, 2.0, 16,
-    ))
+/// 50 µs .. ~1.6 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16)
 }
 
 impl Metrics {
@@ -109,11 +111,11 @@ impl Metrics {
             append_group_events: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 9),
             ),
-            append_durable_seconds: latency_histogram(),
+            append_durable_seconds: Histogram::new(latency_buckets()),
             events_delivered: Counter::default(),
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
-            delivery_latency: latency_histogram(),
+            delivery_latency: LatencyHistogram::new(latency_buckets()),
             errors: Family::default(),
             rate_limited: Counter::default(),
             lag_recoveries: Counter::default(),
@@ -293,10 +295,8 @@ impl Metrics {
 
     /// `count` live event messages of a group made durable at `durable_at` were written now.
     pub fn delivered_live(&self, durable_at: Instant, count: u64) {
-        let latency = durable_at.elapsed().as_secs_f64();
-        for _ in 0..count {
-            self.delivery_latency.observe(latency);
-        }
+        self.events_delivered.inc_by(count);
+        self.delivery_latency.observe_n(durable_at.elapsed(), count);
     }
 
     /// The exposition text, with the scrape-time gauges filled in.
