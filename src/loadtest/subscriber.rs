@@ -147,8 +147,10 @@ pub struct Goal {
 }
 
 impl Goal {
-    fn reached(&self, tally: &Tally) -> bool {
-        tally.received >= *self.expected.borrow() && (!self.needs_caught_up || tally.caught_up)
+    /// `expected` is the subscriber's copy of the shared count, refreshed when it changes:
+    /// the goal is checked after every frame, and the shared one sits behind a lock.
+    fn reached(&self, tally: &Tally, expected: u64) -> bool {
+        tally.received >= expected && (!self.needs_caught_up || tally.caught_up)
     }
 }
 
@@ -205,10 +207,14 @@ pub async fn follow(
     let epoch = hello.epoch.unwrap_or_default();
     // Everything after the head at connect time is this subscriber's to receive.
     let head = hello.head.unwrap_or(0);
-    'reading: while !goal.reached(&tally) && !*goal.stop.borrow() {
+    let mut expected = *goal.expected.borrow_and_update();
+    'reading: while !goal.reached(&tally, expected) && !*goal.stop.borrow() {
         let first = tokio::select! {
             frame = ws.next_frame() => frame,
-            _ = goal.expected.changed() => continue,
+            _ = goal.expected.changed() => {
+                expected = *goal.expected.borrow_and_update();
+                continue;
+            }
             _ = goal.stop.changed() => continue,
         };
         // What else the socket already holds is read without another `select!`: at a
@@ -218,7 +224,7 @@ pub async fn follow(
         while let Some(incoming) = frame.take() {
             match incoming {
                 Incoming::Data(payload, binary) => {
-                    let at = Instant::now();
+                    let at = ws.read_at();
                     let now = (at, us_at(at));
                     if let Err(e) = take_frame(
                         &mut tally,
@@ -254,7 +260,7 @@ pub async fn follow(
                     break 'reading;
                 }
             }
-            if goal.reached(&tally) {
+            if goal.reached(&tally, expected) {
                 break;
             }
             frame = ws.next_frame().now_or_never();

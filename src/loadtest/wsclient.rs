@@ -6,7 +6,7 @@
 //! Only what the tool needs: it reads server frames (unmasked; fragmented ones are joined),
 //! answers pings and closes, and sends masked text frames.
 
-use std::io;
+use std::{io, time::Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
@@ -50,6 +50,9 @@ pub struct Ws {
     /// Replies (pongs, the close) not yet fully written, and how much of them was.
     out: Vec<u8>,
     out_written: usize,
+    /// When the last read from the socket returned: the receipt time of every frame it
+    /// brought.
+    read_at: Instant,
 }
 
 impl Ws {
@@ -92,6 +95,7 @@ impl Ws {
             fragments: None,
             out: Vec::new(),
             out_written: 0,
+            read_at: Instant::now(),
         })
     }
 
@@ -104,6 +108,12 @@ impl Ws {
         }
     }
 
+    /// When the bytes of the frames read since the last socket read arrived: one clock
+    /// read per read from the socket, not per frame.
+    pub fn read_at(&self) -> Instant {
+        self.read_at
+    }
+
     async fn read_frame(&mut self) -> io::Result<Incoming> {
         loop {
             self.write_replies().await?;
@@ -113,6 +123,7 @@ impl Ws {
                 }
                 let room = self.buffer.capacity() - self.buffer.len();
                 let read = self.io.read_buf(&mut self.buffer).await?;
+                self.read_at = Instant::now();
                 if read == 0 {
                     return Ok(Incoming::Closed(1006, "connection ended".into()));
                 }
