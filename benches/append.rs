@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench append` — `STREAMLOG_BENCH_SECS` sets the seconds per case (5).
 
-#[allow(dead_code)]
-#[path = "../tests/integration/support.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use std::{

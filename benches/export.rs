@@ -4,8 +4,8 @@
 //!
 //! `cargo bench --bench export` — `STREAMLOG_BENCH_EVENTS` sets the dataset size (200 000).
 
-#[allow(dead_code)]
-#[path = "../tests/integration/support.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use std::time::Instant;

@@ -5,8 +5,8 @@
 //! `cargo bench --bench fanout` — `STREAMLOG_BENCH_SECS` (5), `STREAMLOG_BENCH_RATE`
 //! events/s (1000), `STREAMLOG_BENCH_SUBSCRIBERS` (comma list, "100,1000").
 
-#[allow(dead_code)]
-#[path = "../tests/integration/support.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use std::{
