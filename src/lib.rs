@@ -28,7 +28,8 @@
 //! - [`log`] — the `EventLog` trait; `log/sled/` is the embedded engine, the only code
 //!   that touches sled; `log/codec.rs` defines the bytes (see `storage-format.md`).
 //! - [`fanout`] — channel registry and per-connection bounded queues, lag detection; groups
-//!   go out in pulses (`delivery.coalesce_ms`).
+//!   go out in pulses (`pulse.rs`, `delivery.coalesce_ms`), a channel's events of a pulse as
+//!   one shared run when they are in no other channel (`run.rs`).
 //! - [`batching`] — `[[high_frequency]]` rules: a channel's live events coalesced into
 //!   shared batches.
 //! - [`filter`] — subscription filters.

@@ -217,9 +217,26 @@ impl BatchItem<'_> {
 
 /// The frames of one batch, per wire, for the connections that take all of its events
 /// as they are (no filter dropped any, no deltas).
-#[derive(Default)]
-pub struct BatchCache {
-    frames: [OnceLock<OutFrame>; WIRES],
+pub type BatchCache = PerWire<OutFrame>;
+
+/// One value per wire, made by the first connection of that wire that needs it and shared
+/// by the others.
+pub struct PerWire<T> {
+    slots: [OnceLock<T>; WIRES],
+}
+
+impl<T> Default for PerWire<T> {
+    fn default() -> Self {
+        Self {
+            slots: Default::default(),
+        }
+    }
+}
+
+impl<T> PerWire<T> {
+    pub fn get_or_init(&self, wire: Wire, make: impl FnOnce() -> T) -> &T {
+        self.slots[wire.slot()].get_or_init(make)
+    }
 }
 
 /// A `batch` message holding `items` in order. With a cache, the frame is made once per
@@ -231,7 +248,7 @@ pub fn batch_frame(cache: Option<&BatchCache>, items: &[BatchItem<'_>], wire: Wi
         wire.finish(Bytes::from(encode::batch_message(&parts, wire.format)))
     };
     match cache {
-        Some(cache) => cache.frames[wire.slot()].get_or_init(make).clone(),
+        Some(cache) => cache.get_or_init(wire, make).clone(),
         None => make(),
     }
 }

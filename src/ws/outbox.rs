@@ -28,6 +28,12 @@ impl Outbox {
         self.wire
     }
 
+    /// Whether this connection's event frames are the shared ones (no deltas): a run's
+    /// frames laid out once can then serve it.
+    pub fn shares_event_frames(&self) -> bool {
+        self.deltas.is_none()
+    }
+
     pub fn control(&self, message: &ServerMessage<'_>) -> OutFrame {
         protocol::control_frame(message, self.wire)
     }

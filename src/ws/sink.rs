@@ -16,7 +16,11 @@ use std::{
 use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::{fanout::ConnectionStats, metrics::METRICS, protocol::OutFrame};
+use crate::{
+    fanout::{ConnectionStats, LaidOut},
+    metrics::METRICS,
+    protocol::OutFrame,
+};
 
 /// Gathered bytes beyond which a burst is written out before more is added.
 const FLUSH_AT: usize = 64 * 1024;
@@ -63,23 +67,34 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
 
     /// Writes one server message (counted in the connection's and the server's totals).
     pub async fn send(&mut self, frame: &OutFrame) -> Result<(), SinkError> {
-        let bytes = frame.payload.len() as u64;
-        self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.count(1, frame.payload.len() as u64);
+        self.write(data_frame(frame)).await
+    }
+
+    /// Writes `messages` server messages laid out together beforehand (see `lay_out`).
+    pub async fn send_laid_out(
+        &mut self,
+        laid_out: &LaidOut,
+        messages: u64,
+    ) -> Result<(), SinkError> {
+        if self.closed {
+            return Err(SinkError::Closed);
+        }
+        self.count(messages, laid_out.payload_bytes);
+        if self.out.buffer.len() >= FLUSH_AT {
+            Self::within_timeout(self.timeout, self.out.drain()).await?;
+        }
+        self.out.buffer.extend_from_slice(&laid_out.bytes);
+        Ok(())
+    }
+
+    fn count(&mut self, messages: u64, bytes: u64) {
+        self.stats
+            .messages_sent
+            .fetch_add(messages, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        self.unflushed.0 += 1;
+        self.unflushed.0 += messages;
         self.unflushed.1 += bytes;
-        let opcode = if frame.binary {
-            OpCode::Binary
-        } else {
-            OpCode::Text
-        };
-        self.write(Frame::new(
-            true,
-            opcode,
-            None,
-            Payload::Borrowed(&frame.payload),
-        ))
-        .await
     }
 
     /// Writes a frame of any kind (pong and close replies, pings).
@@ -91,15 +106,12 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
         if self.out.buffer.len() >= FLUSH_AT {
             Self::within_timeout(self.timeout, self.out.drain()).await?;
         }
-        let mut head = [0u8; MAX_HEAD];
-        let head_len = frame.fmt_head(&mut head);
         if self.out.buffer.capacity() == 0 {
             self.out
                 .buffer
-                .reserve(BURST_ROOM.max(head_len + frame.payload.len()));
+                .reserve(BURST_ROOM.max(MAX_HEAD + frame.payload.len()));
         }
-        self.out.buffer.extend_from_slice(&head[..head_len]);
-        self.out.buffer.extend_from_slice(&frame.payload);
+        append_frame(&mut self.out.buffer, &mut frame);
         Ok(())
     }
 
@@ -130,6 +142,38 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
             Err(_) => Err(SinkError::Timeout),
         }
     }
+}
+
+/// Lays out server messages as one block of bytes, as `send` would write them one by one;
+/// `payload_bytes` is what `send` would have counted.
+pub fn lay_out<'f>(frames: impl Iterator<Item = &'f OutFrame>) -> LaidOut {
+    let mut bytes = Vec::new();
+    let mut payload_bytes = 0;
+    for frame in frames {
+        payload_bytes += frame.payload.len() as u64;
+        append_frame(&mut bytes, &mut data_frame(frame));
+    }
+    LaidOut {
+        bytes: bytes.into(),
+        payload_bytes,
+    }
+}
+
+fn data_frame(frame: &OutFrame) -> Frame<'_> {
+    let opcode = if frame.binary {
+        OpCode::Binary
+    } else {
+        OpCode::Text
+    };
+    Frame::new(true, opcode, None, Payload::Borrowed(&frame.payload))
+}
+
+/// The frame's header (by `fastwebsockets`) and payload, at the end of `buffer`.
+fn append_frame(buffer: &mut Vec<u8>, frame: &mut Frame<'_>) {
+    let mut head = [0u8; MAX_HEAD];
+    let head_len = frame.fmt_head(&mut head);
+    buffer.extend_from_slice(&head[..head_len]);
+    buffer.extend_from_slice(&frame.payload);
 }
 
 /// The bytes of frames waiting for one write to the socket.

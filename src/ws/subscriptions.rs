@@ -193,6 +193,20 @@ impl Subscriptions {
         chosen
     }
 
+    /// A run of live events `first..=last`, every one in `channel` alone: whether this
+    /// connection takes them all as they are — its subscription of the channel is live,
+    /// before the first, unfiltered. Its cursor then moves past them; as `route_live` would
+    /// have moved it, event by event.
+    pub fn take_run(&mut self, channel: &Channel, first: u64, last: u64) -> bool {
+        match self.by_channel.get_mut(channel) {
+            Some(sub) if sub.takes_live(first) && sub.filter.is_all() => {
+                sub.cursor = last;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// An event read from the log for the catching-up subscription of `channel`: whether to
     /// deliver it (through that channel). Advances that subscription's cursor.
     pub fn route_catch_up(&mut self, channel: &Channel, event: &Event) -> bool {

@@ -2,7 +2,7 @@
 //! pulses, batches), and the log pages of a subscription that is catching up — after a
 //! resume, or after its queue overflowed.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokio::io::AsyncWrite;
 
@@ -10,10 +10,11 @@ use super::{close, internal, Flow, Session, GROUPS_PER_STEP};
 use crate::{
     batching::Batch,
     event::Event,
-    fanout::Delivery,
-    log::{AppendedGroup, ReadRange},
+    fanout::{Delivery, Run},
+    log::ReadRange,
     metrics::METRICS,
-    protocol::ServerMessage,
+    protocol::{self, ServerMessage},
+    ws::sink,
 };
 
 impl<W: AsyncWrite + Unpin + Send> Session<W> {
@@ -30,20 +31,27 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
 
     async fn deliver(&mut self, delivery: &Delivery) -> Result<(), Flow> {
         match delivery {
-            Delivery::Group(group) => self.deliver_live(group).await,
+            Delivery::Group(group) => self.deliver_live(&group.events, group.durable_at).await,
             Delivery::Groups(groups) => {
-                for group in groups {
-                    self.deliver_live(group).await?;
+                for group in groups.iter() {
+                    self.deliver_live(&group.events, group.durable_at).await?;
                 }
                 Ok(())
             }
+            Delivery::Run(run) => self.deliver_run(run).await,
             Delivery::Batch(batch) => self.deliver_batch(batch).await,
         }
     }
 
-    async fn deliver_live(&mut self, group: &AppendedGroup) -> Result<(), Flow> {
+    /// Live events of one append group, made durable at `durable_at`: those this connection
+    /// takes, each through its channel.
+    async fn deliver_live(
+        &mut self,
+        events: &[Arc<Event>],
+        durable_at: Instant,
+    ) -> Result<(), Flow> {
         let mut delivered = 0;
-        for event in &group.events {
+        for event in events {
             if let Some(index) = self.subs.route_live(event) {
                 let frame = self.outbox.event(event, index);
                 self.sink.send(&frame).await?;
@@ -51,8 +59,45 @@ impl<W: AsyncWrite + Unpin + Send> Session<W> {
             }
         }
         if delivered > 0 {
-            self.unflushed_live.push((group.durable_at, delivered));
+            self.unflushed_live.push((durable_at, delivered));
         }
+        Ok(())
+    }
+
+    /// A pulse's run of one channel: its shared, laid-out frames when this connection takes
+    /// every event of it as it is; otherwise its events one by one, group by group.
+    async fn deliver_run(&mut self, run: &Run) -> Result<(), Flow> {
+        let takes_all = self.outbox.shares_event_frames()
+            && self
+                .subs
+                .take_run(&run.channel, run.first_seq(), run.last_seq());
+        if !takes_all {
+            let mut events = run.events.as_slice();
+            for &(durable_at, count) in &run.groups {
+                let (these, rest) = events.split_at(count);
+                self.deliver_live(these, durable_at).await?;
+                events = rest;
+            }
+            return Ok(());
+        }
+        let wire = self.outbox.wire();
+        let laid_out = run.laid_out(wire, || {
+            // Each event of a run is in the run's channel alone: its channel number 0.
+            sink::lay_out(
+                run.events
+                    .iter()
+                    .map(|event| protocol::event_frame(event, 0, wire)),
+            )
+        });
+        self.sink
+            .send_laid_out(laid_out, run.events.len() as u64)
+            .await?;
+        self.unflushed_live.extend(
+            run.groups
+                .iter()
+                .filter(|(_, count)| *count > 0)
+                .map(|&(durable_at, count)| (durable_at, count as u64)),
+        );
         Ok(())
     }
 

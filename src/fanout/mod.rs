@@ -6,10 +6,11 @@
 //! Events of high-frequency channels go to the channel's batch instead (see `batching`),
 //! and the batch, once flushed, is offered to the channel's subscribers the same way.
 //!
-//! Groups go out in pulses: a group that arrives while the last pulse is younger than
-//! `delivery.coalesce_ms` waits for the next one, and each connection gets all of a pulse's
-//! groups as one delivery — one wakeup and one socket write for several events. Sparse
-//! traffic is never held: a group arriving after a quiet moment goes out at once.
+//! Groups go out in pulses (see `pulse`): each connection gets all of a pulse's groups that
+//! concern it as one delivery — one wakeup and one socket write for several events. A
+//! connection that the pulse concerns through one channel only, a channel whose events in
+//! the pulse are in no other, gets the channel's run instead (see `run`): the same events,
+//! with frames laid out once for every connection that takes them all.
 //!
 //! A connection whose queue is full is never waited for and never silently skipped: its
 //! `lagged` flag is raised, and the session, on seeing it, drops its queue and catches up
@@ -35,13 +36,21 @@ use crate::{
     metrics::METRICS,
 };
 
+mod pulse;
+mod run;
+
+use pulse::Pulse;
+pub use run::{LaidOut, Run};
+
 /// What a connection's queue holds: an append group (its events of ordinary channels), the
-/// groups of one pulse that concern the connection, in seq order, or a flushed batch of one
-/// high-frequency channel.
+/// groups of one pulse that concern the connection, in seq order, the run of the one
+/// channel through which a pulse concerns it, or a flushed batch of one high-frequency
+/// channel.
 #[derive(Clone)]
 pub enum Delivery {
     Group(Arc<AppendedGroup>),
-    Groups(Vec<Arc<AppendedGroup>>),
+    Groups(Arc<[Arc<AppendedGroup>]>),
+    Run(Arc<Run>),
     Batch(Arc<Batch>),
 }
 
@@ -76,60 +85,6 @@ pub struct ConnectionHandle {
     kicked: Notify,
     queue: mpsc::Sender<Delivery>,
     lagged: AtomicBool,
-    /// Number of the last group offered, so a group with several of the connection's
-    /// channels is queued once.
-    last_group: AtomicU64,
-}
-
-/// Groups held for the next pulse, and when the last pulse went out.
-struct Pulse {
-    every: Duration,
-    last: Option<tokio::time::Instant>,
-    held: Vec<Arc<AppendedGroup>>,
-}
-
-impl Pulse {
-    fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: None,
-            held: Vec::new(),
-        }
-    }
-
-    /// When the held groups are due (groups are only held after a pulse went out).
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.last
-            .filter(|_| !self.held.is_empty())
-            .map(|last| last + self.every)
-    }
-
-    /// Whether a group arriving now may go out at once.
-    fn open(&self, now: tokio::time::Instant) -> bool {
-        self.held.is_empty() && self.last.is_none_or(|last| now >= last + self.every)
-    }
-
-    /// A group that arrived at `now`: itself when it goes out at once (a pulse of its own),
-    /// `None` when it is held for the next pulse.
-    fn admit(
-        &mut self,
-        group: Arc<AppendedGroup>,
-        now: tokio::time::Instant,
-    ) -> Option<Arc<AppendedGroup>> {
-        if self.open(now) {
-            self.last = Some(now);
-            Some(group)
-        } else {
-            self.held.push(group);
-            None
-        }
-    }
-
-    /// The held groups, going out now.
-    fn release(&mut self, now: tokio::time::Instant) -> Vec<Arc<AppendedGroup>> {
-        self.last = Some(now);
-        std::mem::take(&mut self.held)
-    }
 }
 
 impl ConnectionHandle {
@@ -217,7 +172,6 @@ impl Registry {
 pub struct Hub {
     registry: RwLock<Registry>,
     next_id: AtomicU64,
-    groups_dispatched: AtomicU64,
     high_frequency: HighFrequency,
     coalesce: Duration,
 }
@@ -256,7 +210,7 @@ impl Hub {
                             METRICS.group_appended(group.events.len(), group.durable_in);
                             hub.feed_batches(&group, &mut batcher);
                             if let Some(group) = pulse.admit(group, tokio::time::Instant::now()) {
-                                hub.dispatch(&group);
+                                hub.dispatch_pulse(std::slice::from_ref(&group));
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -269,7 +223,7 @@ impl Hub {
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                     _ = sleep_until(pulse_due), if pulse_due.is_some() => {
-                        hub.dispatch_pulse(pulse.release(tokio::time::Instant::now()));
+                        hub.dispatch_pulse(&pulse.release(tokio::time::Instant::now()));
                     }
                     _ = sleep_until(batch_due), if batch_due.is_some() => {
                         for batch in batcher.take_due(tokio::time::Instant::now()) {
@@ -329,7 +283,6 @@ impl Hub {
             kicked: Notify::new(),
             queue: tx,
             lagged: AtomicBool::new(false),
-            last_group: AtomicU64::new(0),
         });
         self.write().connections.insert(handle.id, handle.clone());
         (handle, rx)
@@ -434,63 +387,53 @@ impl Hub {
         }
     }
 
-    /// Offers the group to the subscribers of its ordinary channels.
-    fn dispatch(&self, group: &Arc<AppendedGroup>) {
+    /// Offers each connection what the pulse holds for it, as one delivery: the run of its
+    /// channel when the pulse concerns it through that channel alone and the channel's
+    /// events in the pulse are in no other; otherwise the groups that concern it.
+    fn dispatch_pulse(&self, groups: &[Arc<AppendedGroup>]) {
+        let pulse = InPulse::of(groups, &self.high_frequency);
         let registry = self.read();
-        self.for_each_subscriber(&registry, group, |handle| {
-            handle.enqueue(Delivery::Group(group.clone()))
-        });
-    }
-
-    /// Offers each connection the groups of the pulse that concern it, as one delivery.
-    fn dispatch_pulse(&self, groups: Vec<Arc<AppendedGroup>>) {
-        if let [group] = groups.as_slice() {
-            return self.dispatch(group);
-        }
-        let registry = self.read();
-        let mut by_connection: foldhash::HashMap<ConnectionId, (&Arc<ConnectionHandle>, Vec<_>)> =
-            Default::default();
-        for group in &groups {
-            self.for_each_subscriber(&registry, group, |handle| {
-                by_connection
-                    .entry(handle.id)
-                    .or_insert_with(|| (handle, Vec::new()))
-                    .1
-                    .push(group.clone());
-            });
-        }
-        for (handle, groups) in by_connection.into_values() {
-            handle.enqueue(Delivery::Groups(groups));
-        }
-    }
-
-    /// Calls `offer` once for every connection subscribed to an ordinary channel of the
-    /// group (every connection, when it holds a `system/broadcast` event).
-    fn for_each_subscriber<'r>(
-        &self,
-        registry: &'r Registry,
-        group: &AppendedGroup,
-        mut offer: impl FnMut(&'r Arc<ConnectionHandle>),
-    ) {
-        let group_no = self.groups_dispatched.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut offer_once = |handle: &'r Arc<ConnectionHandle>| {
-            if handle.last_group.swap(group_no, Ordering::Relaxed) != group_no {
-                offer(handle);
-            }
+        let subscribers_of = |channel: &Channel| registry.channels.get(channel).into_iter();
+        let delivery_through = |channel: &Channel, found: &Found| match found.alone {
+            true => Delivery::Run(Arc::new(Run::collect(channel, groups, &found.groups))),
+            false => groups_delivery(groups, &found.groups),
         };
-        for event in &group.events {
-            for channel in &event.channels {
-                if channel.as_str() == BROADCAST_CHANNEL {
-                    registry.connections.values().for_each(&mut offer_once);
-                    continue;
-                }
-                if self.high_frequency.rule_for(channel).is_some() {
-                    continue;
-                }
-                if let Some(subscribers) = registry.channels.get(channel) {
-                    subscribers.values().for_each(&mut offer_once);
-                }
+        if let ([], [(channel, found)]) = (pulse.broadcast.as_slice(), pulse.channels.as_slice()) {
+            // The common case: everyone the pulse concerns, it concerns through this channel.
+            let delivery = delivery_through(channel, found);
+            for handle in subscribers_of(channel).flat_map(HashMap::values) {
+                handle.enqueue(delivery.clone());
             }
+            return;
+        }
+        let mut targets: foldhash::HashMap<ConnectionId, Target<'_>> = Default::default();
+        for (index, (channel, found)) in pulse.channels.iter().enumerate() {
+            for handle in subscribers_of(channel).flat_map(HashMap::values) {
+                Target::of(&mut targets, handle).concerned_through(index, &found.groups);
+            }
+        }
+        if !pulse.broadcast.is_empty() {
+            for handle in registry.connections.values() {
+                Target::of(&mut targets, handle).concerned_by_broadcast(&pulse.broadcast);
+            }
+        }
+        let mut runs: Vec<Option<Delivery>> = vec![None; pulse.channels.len()];
+        for target in targets.into_values() {
+            let delivery = match target.through {
+                Through::One(index) if pulse.channels[index].1.alone => runs[index]
+                    .get_or_insert_with(|| {
+                        let (channel, found) = &pulse.channels[index];
+                        delivery_through(channel, found)
+                    })
+                    .clone(),
+                _ => {
+                    let mut indices = target.groups;
+                    indices.sort_unstable();
+                    indices.dedup();
+                    groups_delivery(groups, &indices)
+                }
+            };
+            target.handle.enqueue(delivery);
         }
     }
 
@@ -520,6 +463,115 @@ impl Hub {
     }
 }
 
+/// The ordinary channels a pulse holds events of, and the groups that hold them.
+struct InPulse<'g> {
+    /// In order of first appearance.
+    channels: Vec<(&'g Channel, Found)>,
+    /// Groups holding a `system/broadcast` event, ascending.
+    broadcast: Vec<usize>,
+}
+
+/// Where a pulse holds events of one channel.
+struct Found {
+    /// Ascending indices of the groups.
+    groups: Vec<usize>,
+    /// Every such event is in this channel alone: the channel has a run.
+    alone: bool,
+}
+
+impl<'g> InPulse<'g> {
+    fn of(groups: &'g [Arc<AppendedGroup>], high_frequency: &HighFrequency) -> Self {
+        let mut pulse = InPulse {
+            channels: Vec::new(),
+            broadcast: Vec::new(),
+        };
+        let mut position: foldhash::HashMap<&'g Channel, usize> = Default::default();
+        for (index, group) in groups.iter().enumerate() {
+            for event in &group.events {
+                let alone = event.channels.len() == 1;
+                for channel in &event.channels {
+                    if channel.as_str() == BROADCAST_CHANNEL {
+                        push_once(&mut pulse.broadcast, index);
+                        continue;
+                    }
+                    if high_frequency.rule_for(channel).is_some() {
+                        continue;
+                    }
+                    let at = *position.entry(channel).or_insert_with(|| {
+                        let found = Found {
+                            groups: Vec::new(),
+                            alone: true,
+                        };
+                        pulse.channels.push((channel, found));
+                        pulse.channels.len() - 1
+                    });
+                    let found = &mut pulse.channels[at].1;
+                    push_once(&mut found.groups, index);
+                    found.alone &= alone;
+                }
+            }
+        }
+        pulse
+    }
+}
+
+fn push_once(indices: &mut Vec<usize>, index: usize) {
+    if indices.last() != Some(&index) {
+        indices.push(index);
+    }
+}
+
+/// The groups at `indices` (ascending) as one delivery.
+fn groups_delivery(groups: &[Arc<AppendedGroup>], indices: &[usize]) -> Delivery {
+    match indices {
+        [one] => Delivery::Group(groups[*one].clone()),
+        _ => Delivery::Groups(indices.iter().map(|&i| groups[i].clone()).collect()),
+    }
+}
+
+/// A connection a pulse concerns: how, and through which groups.
+struct Target<'r> {
+    handle: &'r Arc<ConnectionHandle>,
+    groups: Vec<usize>,
+    through: Through,
+}
+
+/// Through what a pulse concerns a connection.
+#[derive(Clone, Copy)]
+enum Through {
+    Nothing,
+    /// One channel only (its index in `InPulse::channels`).
+    One(usize),
+    /// Several channels, or a broadcast.
+    Several,
+}
+
+impl<'r> Target<'r> {
+    fn of<'t>(
+        targets: &'t mut foldhash::HashMap<ConnectionId, Target<'r>>,
+        handle: &'r Arc<ConnectionHandle>,
+    ) -> &'t mut Self {
+        targets.entry(handle.id).or_insert_with(|| Target {
+            handle,
+            groups: Vec::new(),
+            through: Through::Nothing,
+        })
+    }
+
+    fn concerned_through(&mut self, channel: usize, groups: &[usize]) {
+        self.through = match self.through {
+            Through::Nothing => Through::One(channel),
+            _ => Through::Several,
+        };
+        self.groups.extend_from_slice(groups);
+    }
+
+    fn concerned_by_broadcast(&mut self, groups: &[usize]) {
+        self.through = Through::Several;
+        self.groups.extend_from_slice(groups);
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -534,7 +586,7 @@ mod tests {
     use super::*;
     use crate::event::Event;
 
-    fn group(seq: u64, channels: &[&str]) -> Arc<AppendedGroup> {
+    pub(super) fn group(seq: u64, channels: &[&str]) -> Arc<AppendedGroup> {
         Arc::new(AppendedGroup::new(vec![Arc::new(Event::new(
             seq,
             format!("{seq}"),
@@ -551,7 +603,7 @@ mod tests {
     impl Hub {
         fn dispatch_one(&self, group: &Arc<AppendedGroup>) {
             self.feed_batches(group, &mut Batcher::default());
-            self.dispatch(group);
+            self.dispatch_pulse(std::slice::from_ref(group));
         }
     }
 
@@ -559,6 +611,7 @@ mod tests {
         match delivery {
             Delivery::Group(group) => group.events[0].seq,
             Delivery::Groups(groups) => groups[0].events[0].seq,
+            Delivery::Run(run) => run.first_seq(),
             Delivery::Batch(batch) => batch.events[0].seq,
         }
     }
@@ -611,6 +664,7 @@ mod tests {
         match delivery {
             Delivery::Group(group) => vec![group.events[0].seq],
             Delivery::Groups(groups) => groups.iter().map(|g| g.events[0].seq).collect(),
+            Delivery::Run(run) => run.events.iter().map(|e| e.seq).collect(),
             Delivery::Batch(batch) => batch.events.iter().map(|e| e.seq).collect(),
         }
     }
@@ -628,7 +682,7 @@ mod tests {
         };
         let (_ca, mut qa) = connect("a", &a);
         let (_cb, mut qb) = connect("b", &b);
-        hub.dispatch_pulse(vec![
+        hub.dispatch_pulse(&[
             group(1, &["arena/a"]),
             group(2, &["arena/b"]),
             group(3, &["arena/a", "arena/b"]),
@@ -642,36 +696,56 @@ mod tests {
             "one delivery each"
         );
 
-        hub.dispatch_pulse(vec![group(6, &["arena/a"])]);
-        assert!(matches!(qa.try_recv().unwrap(), Delivery::Group(_)));
+        hub.dispatch_pulse(&[group(6, &["arena/a"])]);
+        assert!(matches!(qa.try_recv().unwrap(), Delivery::Run(_)));
         assert!(qb.try_recv().is_err());
     }
 
     #[test]
-    fn a_pulse_holds_groups_only_right_after_the_last_one() {
-        let start = tokio::time::Instant::now();
-        let every = Duration::from_millis(2);
-        let mut pulse = Pulse {
-            every,
-            last: None,
-            held: Vec::new(),
+    fn a_connection_concerned_through_one_channel_alone_gets_its_shared_run() {
+        let hub = Hub::new(HighFrequency::default(), Duration::from_millis(2));
+        let connect = |user: &str, channels: &[&str]| {
+            let slot = hub.reserve(user, 10, None).unwrap();
+            let (conn, queue) = hub.connect(slot, info(user), Default::default(), 8);
+            for channel in channels {
+                hub.subscribe(&conn, &Channel::parse(channel).unwrap());
+            }
+            (conn, queue)
         };
-        assert!(pulse.open(start), "the first group goes out at once");
-        assert_eq!(pulse.deadline(), None);
-        pulse.last = Some(start);
-        let soon = start + Duration::from_millis(1);
-        assert!(!pulse.open(soon), "held: the last pulse is too recent");
-        pulse.held.push(group(1, &["arena/a"]));
-        assert_eq!(pulse.deadline(), Some(start + every));
-        assert!(
-            !pulse.open(start + every),
-            "a later group waits behind the held ones"
+        let (_a1, mut a1) = connect("a1", &["arena/a"]);
+        let (_a2, mut a2) = connect("a2", &["arena/a"]);
+        let (_b, mut b) = connect("b", &["arena/b"]);
+        let (_ab, mut ab) = connect("ab", &["arena/a", "arena/b"]);
+        let pulse = [
+            group(1, &["arena/a"]),
+            group(2, &["arena/b"]),
+            group(3, &["arena/a"]),
+            group(4, &["arena/c"]),
+        ];
+        hub.dispatch_pulse(&pulse);
+        let (Delivery::Run(run1), Delivery::Run(run2)) =
+            (a1.try_recv().unwrap(), a2.try_recv().unwrap())
+        else {
+            panic!("runs expected");
+        };
+        assert!(Arc::ptr_eq(&run1, &run2), "one run, shared");
+        assert_eq!(run1.channel.as_str(), "arena/a");
+        assert_eq!((run1.first_seq(), run1.last_seq()), (1, 3));
+        assert_eq!(
+            run1.groups,
+            [(pulse[0].durable_at, 1), (pulse[2].durable_at, 1)]
         );
-        pulse.held.clear();
-        assert!(
-            pulse.open(start + every),
-            "after a quiet moment, at once again"
-        );
+        assert_eq!(seqs(b.try_recv().unwrap()), [2]);
+        let both = ab.try_recv().unwrap();
+        assert!(matches!(both, Delivery::Groups(_)), "two channels: groups");
+        assert_eq!(seqs(both), [1, 2, 3]);
+
+        // An event of `arena/a` is also in `arena/b`: neither channel has a run.
+        hub.dispatch_pulse(&[group(5, &["arena/a"]), group(6, &["arena/a", "arena/b"])]);
+        let only_a = a1.try_recv().unwrap();
+        assert!(matches!(only_a, Delivery::Groups(_)));
+        assert_eq!(seqs(only_a), [5, 6]);
+        assert!(matches!(b.try_recv().unwrap(), Delivery::Group(_)));
     }
 
     #[test]
