@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io::Read,
+    time::Duration,
 };
 
 use futures_util::{SinkExt, StreamExt};
@@ -601,4 +602,77 @@ async fn batches_keep_seq_order_lose_nothing_and_resume_in_batches() {
         .await;
     let message = resumed.recv().await;
     assert_eq!(message["messages"][0]["seq"], next);
+}
+
+/// Concurrent publishers make pulses of several append groups; every subscriber of the
+/// channel gets its events once and in seq order, in its own mode, whether it takes the
+/// pulse's shared frames as they are or picks events out (a type filter, deltas).
+#[tokio::test]
+async fn a_burst_to_one_channel_reaches_every_mode_and_filter_once_in_order() {
+    let server = Server::start_with(CONFIG).await;
+    let path = "/ws/competition/burst";
+    let mut clients = Vec::new();
+    for query in MODES.iter().copied().chain(["format=json&types=keep"]) {
+        let mut client = Client::connect(&server, path, query).await;
+        client.recv_type("subscribed").await;
+        clients.push((query, client));
+    }
+    let event = |i: u64| {
+        let event_type = if i % 2 == 0 { "keep" } else { "drop" };
+        json!({"channel": "competition/burst", "event_type": event_type, "data": rich_data(i)})
+    };
+    let publishers: Vec<_> = (0..6u64)
+        .map(|p| {
+            let http = server.http();
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                for i in (0..10).map(|k| p * 10 + k) {
+                    let (status, answer) = http.publish(&event(i)).await.expect("publish");
+                    assert_eq!(status, 200, "{answer}");
+                    answered.push((answer["seq"].as_u64().unwrap(), i));
+                }
+                answered
+            })
+        })
+        .collect();
+    let batch: Vec<Value> = (60..80).map(event).collect();
+    let (status, answer) = server.publish(json!(batch)).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut published: BTreeMap<u64, u64> = answer["seqs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(60..)
+        .map(|(seq, i)| (seq.as_u64().unwrap(), i))
+        .collect();
+    for publisher in publishers {
+        published.extend(publisher.await.unwrap());
+    }
+    assert_eq!(published.len(), 80);
+
+    for (query, client) in &mut clients {
+        let wanted: Vec<(u64, u64)> = published
+            .iter()
+            .filter(|(_, i)| !query.contains("types=keep") || *i % 2 == 0)
+            .map(|(&seq, &i)| (seq, i))
+            .collect();
+        let got: Vec<Value> = client
+            .deliveries(wanted.len())
+            .await
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        let expected: Vec<u64> = wanted.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, expected, "{query}: once each, in seq order");
+        if !query.contains("delta") {
+            for (message, (seq, i)) in got.iter().zip(&wanted) {
+                assert_eq!(message["type"], "event", "{query}");
+                assert_eq!(message["channel"], "competition/burst", "{query}");
+                assert_eq!(message["data"], rich_data(*i), "{query}: data of {seq}");
+            }
+        }
+        let more = tokio::time::timeout(Duration::from_millis(300), client.recv()).await;
+        assert!(more.is_err(), "{query}: nothing more, got {more:?}");
+    }
 }
