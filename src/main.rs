@@ -30,6 +30,16 @@ struct Remote {
     /// A JWT, sent as `Authorization: Bearer` (and `token=` on WebSockets).
     #[arg(long, global = true, env = "STREAMLOG_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For an `https://` URL: a PEM file of CA certificates to trust besides the system's
+    /// (a private CA, or the server's self-signed certificate).
+    #[arg(long, global = true, env = "STREAMLOG_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+}
+
+impl Remote {
+    fn client(self) -> Result<Client, ClientError> {
+        Client::new(&self.url, self.token, self.ca_cert.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -220,7 +230,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             data,
             remote,
         } => {
-            let client = Client::new(&remote.url, remote.token);
+            let client = remote.client()?;
             commands::publish(&client, channel, event_type, data).await
         }
         ClientCommand::Tail {
@@ -229,7 +239,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             epoch,
             remote,
         } => {
-            let client = Client::new(&remote.url, remote.token);
+            let client = remote.client()?;
             commands::follow(&client, channels, since, epoch).await
         }
         ClientCommand::Replay {
@@ -242,7 +252,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             filters,
             remote,
         } => {
-            let client = Client::new(&remote.url, remote.token);
+            let client = remote.client()?;
             let mut request = json!({"id": "cli", "channel": channel, "speed": speed});
             for (key, value) in [("from", from), ("to", to)] {
                 if let Some(seq) = value {
@@ -263,7 +273,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             limit,
             remote,
         } => {
-            let client = Client::new(&remote.url, remote.token);
+            let client = remote.client()?;
             commands::history(&client, &channel, since, limit).await
         }
         ClientCommand::Simulate {
@@ -273,7 +283,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             seed,
             remote,
         } => {
-            let client = Client::new(&remote.url, remote.token);
+            let client = remote.client()?;
             let options = streamlog::simulate::SimulateOptions {
                 arenas: arenas.into(),
                 pace: streamlog::simulate::Pace { rate, duration },
@@ -284,7 +294,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
             Ok(())
         }
         ClientCommand::Datasets { command, remote } => {
-            let client = Client::new(&remote.url, remote.token);
+            let client = remote.client()?;
             match command {
                 DatasetCommand::Create {
                     id,
@@ -322,6 +332,7 @@ async fn run_client(command: ClientCommand) -> Result<(), ClientError> {
 }
 
 fn main() -> ExitCode {
+    streamlog::tls::install_default_provider();
     match Cli::parse().command {
         Command::Client(command) => client_main(command),
         Command::Bench { args, remote } => bench_main(*args, remote),

@@ -1,12 +1,13 @@
 //! Built-in TLS (`[tls] cert`, `key`): the rustls server configuration and a listener that
 //! hands the HTTP server connections whose TLS handshake is done, so that `https://` and
-//! `wss://` work without a proxy in front.
+//! `wss://` work without a proxy in front. Also the client subcommands' configuration (the
+//! system's roots, plus `--ca-cert`), and aws-lc-rs as the process's default provider.
 //!
 //! Handshakes run in tasks of their own, each bounded by a timeout: a client that opens a
 //! socket and never finishes its handshake holds a task for a few seconds, never the
 //! accept loop.
 //!
-//! Architecture invariant: this is the only module that touches rustls (tokio-rustls).
+//! Architecture invariant: this is the only module that builds rustls configurations.
 
 use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -73,6 +74,43 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Makes aws-lc-rs the process's default rustls provider, for libraries that build a
+/// configuration of their own from it: reqwest does for every HTTP client, plain-HTTP ones
+/// included, and panics when there is none. Harmless when one is already installed.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The client subcommands' configuration: the system's trusted roots, plus every
+/// certificate of the PEM file `ca_cert` (a private CA, a self-signed server).
+pub fn client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: the ones that load still count.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_cert {
+        let fail = |why: &dyn std::fmt::Display| format!("--ca-cert {}: {why}", path.display());
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| fail(&e))?;
+        if certs.is_empty() {
+            return Err(fail(&"no certificate in the file"));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| fail(&e))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted certificates: the system has none; pass --ca-cert".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 

@@ -1,10 +1,12 @@
 //! The streamlog client library, shared by the `streamlog` subcommands: HTTP calls
 //! (publish, history, datasets) with reqwest, and WebSocket sessions (tail, replay) with
-//! tokio-tungstenite. It speaks only the public protocol; nothing here knows the server's
-//! internals.
+//! tokio-tungstenite, over TLS for `https://` servers (configured by `crate::tls`). It
+//! speaks only the public protocol; nothing here knows the server's internals.
 
 pub mod commands;
 pub mod tail;
+
+use std::{path::Path, sync::Arc};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -15,7 +17,7 @@ pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("request failed: {0}")]
+    #[error("request failed: {}", with_causes(.0))]
     Http(#[from] reqwest::Error),
     #[error("the server answered {status}: {body}")]
     Server { status: u16, body: String },
@@ -25,6 +27,8 @@ pub enum ClientError {
     Protocol(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub struct Client {
@@ -32,6 +36,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// Set for an `https://` server: the WebSocket goes over the same TLS configuration.
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// One page of a channel's history.
@@ -42,12 +48,34 @@ pub struct HistoryPage {
 }
 
 impl Client {
-    pub fn new(url: &str, token: Option<String>) -> Self {
-        Self {
-            base: url.trim_end_matches('/').to_string(),
+    /// A client of the server at `url` (`http://` or `https://`); `ca_cert`, a PEM file of
+    /// certificates to trust besides the system's, for `https://`.
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        crate::tls::install_default_provider();
+        let base = url.trim_end_matches('/').to_string();
+        let (http, tls) = if base.starts_with("https://") {
+            let tls = crate::tls::client_config(ca_cert).map_err(ClientError::Tls)?;
+            let http = reqwest::Client::builder()
+                .use_preconfigured_tls(tls.as_ref().clone())
+                .build()?;
+            (http, Some(tls))
+        } else if base.starts_with("http://") {
+            (reqwest::Client::new(), None)
+        } else {
+            return Err(ClientError::Protocol(format!(
+                "`{url}` is not an http:// or https:// URL"
+            )));
+        };
+        Ok(Self {
+            base,
             token,
-            http: reqwest::Client::new(),
-        }
+            http,
+            tls,
+        })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -145,7 +173,9 @@ impl Client {
         if let Some(token) = &self.token {
             url.push_str(&format!("?token={token}"));
         }
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector).await?;
         let hello = next_message(&mut ws)
             .await?
             .ok_or_else(|| ClientError::Protocol("closed before connection_established".into()))?;
@@ -174,6 +204,19 @@ impl Client {
             }
         }
     }
+}
+
+/// An error and what caused it, down the chain: reqwest's own message alone ("error
+/// sending request") does not say that the certificate was refused.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// The next JSON message of a WebSocket, pings skipped; `None` once it closed.

@@ -171,6 +171,7 @@ impl Target {
 }
 
 fn http_client() -> Result<reqwest::Client, BenchError> {
+    crate::tls::install_default_provider();
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(60))

@@ -195,7 +195,7 @@ fn is_transient(error: &ClientError) -> bool {
         ClientError::Http(e) => !e.is_builder(),
         ClientError::Server { status, .. } => *status == 429 || *status >= 500,
         ClientError::Io(e) => e.kind() == std::io::ErrorKind::TimedOut,
-        ClientError::WebSocket(_) | ClientError::Protocol(_) => false,
+        ClientError::WebSocket(_) | ClientError::Protocol(_) | ClientError::Tls(_) => false,
     }
 }
 

@@ -77,3 +77,78 @@ async fn wss_and_https_work_with_the_configured_certificate() {
     let plain = reqwest::get(server.url("/health")).await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
 }
+
+/// `streamlog ARGS... --url <url>` with the test's environment cleared of client settings.
+fn streamlog_cli(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_streamlog"))
+        .env_remove("STREAMLOG_TOKEN")
+        .env_remove("STREAMLOG_CA_CERT")
+        .args(args)
+        .args(["--url", url])
+        .output()
+        .expect("run streamlog")
+}
+
+fn json_lines(output: &std::process::Output) -> Vec<Value> {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn client_subcommands_speak_https_and_wss_trusting_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, client) = self_signed(dir.path());
+    let server = Server::start_tls(&config, client).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let ca = dir.path().join("cert.pem");
+    let ca = ca.to_str().unwrap();
+
+    // Not trusted without the certificate: refused, and the error says why.
+    let refused = streamlog_cli(&url, &["history", "arena/cli"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+
+    let published = streamlog_cli(
+        &url,
+        &["publish", "arena/cli", "t", r#"{"x":1}"#, "--ca-cert", ca],
+    );
+    assert_eq!(json_lines(&published), vec![json!({"seq": 1})]);
+    let history = json_lines(&streamlog_cli(
+        &url,
+        &["history", "arena/cli", "--ca-cert", ca],
+    ));
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["data"], json!({"x": 1}));
+    // A replay runs over the WebSocket: wss:// with the same trust.
+    let replayed = json_lines(&streamlog_cli(
+        &url,
+        &["replay", "arena/cli", "--speed", "0", "--ca-cert", ca],
+    ));
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(
+        (replayed[0]["seq"].as_u64(), replayed[0]["replay"].as_str()),
+        (Some(1), Some("cli"))
+    );
+
+    // A file that holds no certificate is named in the error.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let bad = streamlog_cli(
+        &url,
+        &["history", "arena/cli", "--ca-cert", empty.to_str().unwrap()],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no certificate in the file"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

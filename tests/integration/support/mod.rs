@@ -82,6 +82,8 @@ impl Server {
         env: &[(&str, &str)],
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Server {
+        // reqwest, with rustls in the build, wants a process-wide provider for every client.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_path_buf();
         Server {
