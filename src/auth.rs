@@ -45,6 +45,8 @@ enum Grants {
 #[derive(Debug, Default)]
 struct Permissions {
     admin: bool,
+    /// `metrics`: may scrape `/metrics` when it is not public.
+    metrics: bool,
     subscribe: Vec<ChannelPattern>,
     publish: Vec<ChannelPattern>,
 }
@@ -57,6 +59,10 @@ impl Permissions {
         for entry in list.iter().take(MAX_PERMISSIONS) {
             if entry == "admin" {
                 permissions.admin = true;
+                continue;
+            }
+            if entry == "metrics" {
+                permissions.metrics = true;
                 continue;
             }
             let (target, pattern) = match entry.split_once(':') {
@@ -102,6 +108,14 @@ impl Principal {
         match &self.grants {
             Grants::Everything => true,
             Grants::Token(p) => p.admin || p.publish.iter().any(|g| g.matches(channel.as_str())),
+        }
+    }
+
+    /// May scrape `/metrics` (when `auth.metrics_public` is off).
+    pub fn can_read_metrics(&self) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(p) => p.admin || p.metrics,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// When set, tokens must carry this `iss`.
     pub issuer: Option<String>,
+    /// `/metrics` answers without a token (the default). When false (mode `jwt`), a
+    /// scrape needs a token granting `metrics` or `admin`.
+    pub metrics_public: bool,
 }
 
 impl Default for AuthConfig {
@@ -38,6 +41,7 @@ impl Default for AuthConfig {
             leeway_secs: 30,
             audience: None,
             issuer: None,
+            metrics_public: true,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Operator endpoints: `/metrics`, and the admin API (admin permission in jwt mode):
+//! Operator endpoints: `/metrics` (open, or for `metrics` and `admin` tokens when
+//! `auth.metrics_public` is off), and the admin API (admin permission in jwt mode):
 //! connections (list, disconnect), channels, and broadcasts. Every admin action is
 //! written to the audit log.
 
@@ -22,7 +23,18 @@ use crate::{
     metrics::{ScrapeSnapshot, METRICS},
 };
 
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if !app.config.auth.metrics_public {
+        let allowed = principal(&app, &headers).and_then(|who| match who.can_read_metrics() {
+            true => Ok(()),
+            false => Err(ApiError::forbidden(
+                "/metrics needs the metrics or admin permission",
+            )),
+        });
+        if let Err(refused) = allowed {
+            return refused.into_response();
+        }
+    }
     let stats = app.log.stats();
     let snapshot = ScrapeSnapshot {
         queue_depths: app

@@ -322,6 +322,42 @@ async fn admin_endpoints_need_the_admin_permission() {
 }
 
 #[tokio::test]
+async fn metrics_are_open_unless_configured_for_metrics_and_admin_tokens() {
+    let open = Server::start_with(&jwt_config("")).await;
+    let (status, text) = open.get_as(None, "/metrics").await;
+    assert_eq!(status, 200, "open by default, as the contract has it");
+    assert!(text
+        .as_str()
+        .unwrap()
+        .contains("streamlog_connections_active"));
+
+    let server = Server::start_with(&jwt_config("metrics_public = false\n")).await;
+    let (status, body) = server.get_as(None, "/metrics").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("UNAUTHORIZED"))
+    );
+    let reader = token("r", &["subscribe:*", "publish:*"]);
+    let (status, body) = server.get_as(Some(&reader), "/metrics").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("FORBIDDEN"))
+    );
+    for grant in ["metrics", "admin"] {
+        let (status, text) = server
+            .get_as(Some(&token("scraper", &[grant])), "/metrics")
+            .await;
+        assert_eq!(status, 200, "{grant}");
+        assert!(text
+            .as_str()
+            .unwrap()
+            .contains("streamlog_events_appended_total"));
+    }
+    // `/health` stays open for load balancers.
+    assert_eq!(server.get_as(None, "/health").await.0, 200);
+}
+
+#[tokio::test]
 async fn datasets_and_replays_check_the_same_permissions() {
     use reqwest::Method;
     let server = Server::start_with(&jwt_config("")).await;
