@@ -400,8 +400,11 @@ impl Hub {
         };
         if let ([], [(channel, found)]) = (pulse.broadcast.as_slice(), pulse.channels.as_slice()) {
             // The common case: everyone the pulse concerns, it concerns through this channel.
+            let Some(subscribers) = registry.channels.get(*channel) else {
+                return;
+            };
             let delivery = delivery_through(channel, found);
-            for handle in subscribers_of(channel).flat_map(HashMap::values) {
+            for handle in subscribers.values() {
                 handle.enqueue(delivery.clone());
             }
             return;
