@@ -31,6 +31,30 @@ pub enum ClientError {
     Tls(String),
 }
 
+impl ClientError {
+    /// The server's certificate was refused: asking again cannot help.
+    pub fn is_certificate_refused(&self) -> bool {
+        let ClientError::Http(error) = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(inner) = cause {
+            if inner.is::<tokio_rustls::rustls::Error>() {
+                return true;
+            }
+            // The TLS stream reports rustls' error inside io::Errors (nested), whose
+            // `source` skips what they wrap.
+            cause = match inner.downcast_ref::<std::io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|e| e as &(dyn std::error::Error + 'static)),
+                None => inner.source(),
+            };
+        }
+        false
+    }
+}
+
 pub struct Client {
     /// `http://host:port`, without a trailing slash.
     base: String,

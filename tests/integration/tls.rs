@@ -138,6 +138,15 @@ async fn client_subcommands_speak_https_and_wss_trusting_a_ca_file() {
         (Some(1), Some("cli"))
     );
 
+    // A refused certificate is not retried: `simulate` gives up at once and says why.
+    let started = std::time::Instant::now();
+    let simulate = streamlog_cli(&url, &["simulate", "--duration", "1"]);
+    assert!(!simulate.status.success());
+    let stderr = String::from_utf8_lossy(&simulate.stderr);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
     // A file that holds no certificate is named in the error.
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
