@@ -32,8 +32,9 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The server's certificate was refused: asking again cannot help.
-    pub fn is_certificate_refused(&self) -> bool {
+    /// TLS failed (the server's certificate was refused, no protocol in common): asking
+    /// again cannot help.
+    pub fn is_tls_failure(&self) -> bool {
         let ClientError::Http(error) = self else {
             return false;
         };

@@ -189,11 +189,11 @@ struct HttpSink {
 }
 
 /// Worth retrying: the server may be restarting, overloaded or briefly unreachable. A 4xx
-/// answer other than 429 means the events themselves are refused, and would be again; a
-/// refused certificate would be refused again too.
+/// answer other than 429 means the events themselves are refused, and would be again; so
+/// would a failed TLS handshake (a refused certificate).
 fn is_transient(error: &ClientError) -> bool {
     match error {
-        ClientError::Http(e) => !e.is_builder() && !error.is_certificate_refused(),
+        ClientError::Http(e) => !e.is_builder() && !error.is_tls_failure(),
         ClientError::Server { status, .. } => *status == 429 || *status >= 500,
         ClientError::Io(e) => e.kind() == std::io::ErrorKind::TimedOut,
         ClientError::WebSocket(_) | ClientError::Protocol(_) | ClientError::Tls(_) => false,
