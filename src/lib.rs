@@ -16,10 +16,12 @@
 //! # Code map
 //!
 //! - `main.rs` — the `streamlog` command line: `serve`, and the client subcommands.
-//! - [`client`] — the client library the subcommands share: HTTP and WebSocket, `tail`.
+//! - [`client`] — the client library the subcommands share: HTTP and WebSocket (TLS for
+//!   `https://`), `tail`.
 //! - [`loadtest`] — `streamlog bench`, the load tool run against a local server; decodes
 //!   every frame mode on the client side.
-//! - [`config`] — the one typed `Config`: defaults, TOML, `STREAMLOG_*` overrides, validation.
+//! - [`config`] — the one typed `Config`: defaults, TOML, `STREAMLOG_*` overrides, validation;
+//!   each file section's keys and defaults in `config/sections.rs`.
 //! - [`server`] — wiring and lifecycle (bind, serve, graceful shutdown).
 //! - [`app`] — the state shared by routes and sessions.
 //! - [`event`] — channel names and patterns, `NewEvent` (validated input), `Event` (stored).
@@ -45,7 +47,9 @@
 //! - [`rate_limit`] — the per-connection token bucket on client messages and the per-user
 //!   one on HTTP publish requests; owns governor.
 //! - [`bans`] — clients refused at the handshake for a while after flooding.
-//! - [`tls`] — built-in TLS: rustls configuration and a listener of finished handshakes.
+//! - [`tls`] — rustls: the built-in TLS server's configuration and a listener of finished
+//!   handshakes, the client subcommands' configuration (system roots, `--ca-cert`), the
+//!   process's crypto provider.
 //! - [`simulate`] — simulated domain traffic (competitions, agent statuses, curricula,
 //!   training data): `world.rs` (with `world/catalog.rs`, `world/competition.rs`) is the
 //!   pure seeded generator, `mod.rs` publishes it paced over HTTP (`streamlog simulate`),

@@ -55,12 +55,10 @@ pub enum TlsSetupError {
 /// 1.3, the aws-lc-rs provider, HTTP/1.1 by ALPN since WebSockets are upgraded from it).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let shown = |p: &Path| p.display().to_string();
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsSetupError::Cert {
-            path: shown(cert),
-            source,
-        })?;
+    let certs = read_certs(cert).map_err(|source| TlsSetupError::Cert {
+        path: shown(cert),
+        source,
+    })?;
     if certs.is_empty() {
         return Err(TlsSetupError::NoCert { path: shown(cert) });
     }
@@ -68,8 +66,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         path: shown(key),
         source,
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
@@ -81,7 +78,37 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// configuration of their own from it: reqwest does for every HTTP client, plain-HTTP ones
 /// included, and panics when there is none. Harmless when one is already installed.
 pub fn install_default_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = provider().install_default();
+}
+
+/// The one crypto backend.
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// Every certificate of a PEM file (none, when it holds none).
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, rustls::pki_types::pem::Error> {
+    CertificateDer::pem_file_iter(path)?.collect()
+}
+
+/// Whether `error` or what caused it is a TLS failure (a refused certificate, no protocol
+/// in common): trying again cannot help.
+pub fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(inner) = cause {
+        if inner.is::<rustls::Error>() {
+            return true;
+        }
+        // A TLS stream reports rustls' error inside io::Errors (nested), whose `source`
+        // skips what they wrap.
+        cause = match inner.downcast_ref::<io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+            None => inner.source(),
+        };
+    }
+    false
 }
 
 /// The client subcommands' configuration: the system's trusted roots, plus every
@@ -92,9 +119,7 @@ pub fn client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if let Some(path) = ca_cert {
         let fail = |why: &dyn std::fmt::Display| format!("--ca-cert {}: {why}", path.display());
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| fail(&e))?;
+        let certs = read_certs(path).map_err(|e| fail(&e))?;
         if certs.is_empty() {
             return Err(fail(&"no certificate in the file"));
         }
@@ -105,8 +130,7 @@ pub fn client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     if roots.is_empty() {
         return Err("no trusted certificates: the system has none; pass --ca-cert".into());
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)

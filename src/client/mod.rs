@@ -35,24 +35,7 @@ impl ClientError {
     /// TLS failed (the server's certificate was refused, no protocol in common): asking
     /// again cannot help.
     pub fn is_tls_failure(&self) -> bool {
-        let ClientError::Http(error) = self else {
-            return false;
-        };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(inner) = cause {
-            if inner.is::<tokio_rustls::rustls::Error>() {
-                return true;
-            }
-            // The TLS stream reports rustls' error inside io::Errors (nested), whose
-            // `source` skips what they wrap.
-            cause = match inner.downcast_ref::<std::io::Error>() {
-                Some(io) => io
-                    .get_ref()
-                    .map(|e| e as &(dyn std::error::Error + 'static)),
-                None => inner.source(),
-            };
-        }
-        false
+        matches!(self, ClientError::Http(error) if crate::tls::is_tls_failure(error))
     }
 }
 

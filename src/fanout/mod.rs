@@ -393,7 +393,6 @@ impl Hub {
     fn dispatch_pulse(&self, groups: &[Arc<AppendedGroup>]) {
         let pulse = InPulse::of(groups, &self.high_frequency);
         let registry = self.read();
-        let subscribers_of = |channel: &Channel| registry.channels.get(channel).into_iter();
         let delivery_through = |channel: &Channel, found: &Found| match found.alone {
             true => Delivery::Run(Arc::new(Run::collect(channel, groups, &found.groups))),
             false => groups_delivery(groups, &found.groups),
@@ -411,7 +410,8 @@ impl Hub {
         }
         let mut targets: foldhash::HashMap<ConnectionId, Target<'_>> = Default::default();
         for (index, (channel, found)) in pulse.channels.iter().enumerate() {
-            for handle in subscribers_of(channel).flat_map(HashMap::values) {
+            let subscribers = registry.channels.get(*channel).into_iter();
+            for handle in subscribers.flat_map(HashMap::values) {
                 Target::of(&mut targets, handle).concerned_through(index, &found.groups);
             }
         }

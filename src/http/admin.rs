@@ -23,17 +23,17 @@ use crate::{
     metrics::{ScrapeSnapshot, METRICS},
 };
 
-pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn metrics(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if !app.config.auth.metrics_public {
-        let allowed = principal(&app, &headers).and_then(|who| match who.can_read_metrics() {
-            true => Ok(()),
-            false => Err(ApiError::forbidden(
-                "/metrics needs the metrics or admin permission",
-            )),
-        });
-        if let Err(refused) = allowed {
-            return refused.into_response();
-        }
+        permitted(
+            &app,
+            &headers,
+            Principal::can_read_metrics,
+            "/metrics needs the metrics or admin permission",
+        )?;
     }
     let stats = app.log.stats();
     let snapshot = ScrapeSnapshot {
@@ -52,15 +52,29 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Respons
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    response
+    Ok(response)
 }
 
 fn admin(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    permitted(
+        app,
+        headers,
+        Principal::is_admin,
+        "this endpoint needs the admin permission",
+    )
+}
+
+/// The request's principal, if `may` lets it in: 401 without valid credentials, 403
+/// (`refusal`) without the permission.
+fn permitted(
+    app: &AppState,
+    headers: &HeaderMap,
+    may: fn(&Principal) -> bool,
+    refusal: &str,
+) -> Result<Principal, ApiError> {
     let who = principal(app, headers)?;
-    if !who.is_admin() {
-        return Err(ApiError::forbidden(
-            "this endpoint needs the admin permission",
-        ));
+    if !may(&who) {
+        return Err(ApiError::forbidden(refusal));
     }
     Ok(who)
 }

@@ -77,13 +77,8 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
         laid_out: &LaidOut,
         messages: u64,
     ) -> Result<(), SinkError> {
-        if self.closed {
-            return Err(SinkError::Closed);
-        }
+        self.make_room(laid_out.bytes.len()).await?;
         self.count(messages, laid_out.payload_bytes);
-        if self.out.buffer.len() >= FLUSH_AT {
-            Self::within_timeout(self.timeout, self.out.drain()).await?;
-        }
         self.out.buffer.extend_from_slice(&laid_out.bytes);
         Ok(())
     }
@@ -99,19 +94,24 @@ impl<W: AsyncWrite + Unpin> FrameSink<W> {
 
     /// Writes a frame of any kind (pong and close replies, pings).
     pub async fn write(&mut self, mut frame: Frame<'_>) -> Result<(), SinkError> {
+        self.make_room(MAX_HEAD + frame.payload.len()).await?;
+        self.closed = frame.opcode == OpCode::Close;
+        append_frame(&mut self.out.buffer, &mut frame);
+        Ok(())
+    }
+
+    /// Readies the buffer for `len` more bytes: nothing after a close frame; a full buffer
+    /// is written out first; an empty one takes room for a burst.
+    async fn make_room(&mut self, len: usize) -> Result<(), SinkError> {
         if self.closed {
             return Err(SinkError::Closed);
         }
-        self.closed = frame.opcode == OpCode::Close;
         if self.out.buffer.len() >= FLUSH_AT {
             Self::within_timeout(self.timeout, self.out.drain()).await?;
         }
         if self.out.buffer.capacity() == 0 {
-            self.out
-                .buffer
-                .reserve(BURST_ROOM.max(MAX_HEAD + frame.payload.len()));
+            self.out.buffer.reserve(BURST_ROOM.max(len));
         }
-        append_frame(&mut self.out.buffer, &mut frame);
         Ok(())
     }
 
